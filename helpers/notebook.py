@@ -1,0 +1,444 @@
+"""Notebook harness: parameter profiles, validation, papermill runs, ``results.json``, README tables.
+
+Every notebook ``notebooks/NN_topic.ipynb`` has exactly one code cell tagged ``parameters`` made of plain
+``name = literal`` assignments (the defaults, equal to the ``default`` profile). Profiles live in
+``notebooks/params/<notebook>/{smoke,default,paper}.yaml`` and may only set names the parameters cell
+declares, with values of the declared type; anything else fails *before* a kernel starts.
+
+Inside a notebook, right after the parameters cell::
+
+    run = nb.start("00_inside_a_language_model", globals())   # seeds, quiet HF bars, output folder
+    ...
+    with run.timer("capture"):
+        ...
+    run.savefig(fig, "logit_lens")                            # PNG into the output folder, also shown
+    run.save(metrics={...}, provenance={...})                 # results.json beside the executed notebook
+
+From the shell: ``python -m helpers.notebook run 00_inside_a_language_model --profile smoke``.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import difflib
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import PROJECT_ROOT
+
+__all__ = [
+    "NOTEBOOKS_DIR",
+    "OUTPUTS_DIR",
+    "PARAMS_DIR",
+    "PROFILES",
+    "ParameterError",
+    "Run",
+    "load_profile",
+    "load_results",
+    "notebook_names",
+    "notebook_parameters",
+    "publish_notebook",
+    "results_table",
+    "run_notebook",
+    "start",
+    "validate_params",
+]
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+PARAMS_DIR = NOTEBOOKS_DIR / "params"
+OUTPUTS_DIR = PROJECT_ROOT / "outputs"
+PROFILES = ("smoke", "default", "paper")
+
+
+class ParameterError(ValueError):
+    """A profile or an override names an unknown parameter or gives it a value of the wrong type."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------------
+
+def notebook_names() -> list[str]:
+    """Notebook stems in ``notebooks/`` (``NN_topic``), sorted."""
+    return sorted(p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _notebook_path(notebook: str | Path) -> Path:
+    p = Path(notebook)
+    if p.suffix == ".ipynb" and p.exists():
+        return p
+    cand = NOTEBOOKS_DIR / f"{Path(notebook).stem}.ipynb"
+    if not cand.exists():
+        close = difflib.get_close_matches(str(notebook), notebook_names(), n=3, cutoff=0.3)
+        raise FileNotFoundError(f"Unknown notebook {str(notebook)!r}. Known: {notebook_names()}"
+                                + (f"; did you mean {close}?" if close else ""))
+    return cand
+
+
+def _parameters_cell(nb_path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ParameterError(f"{nb_path.name} has {len(cells)} cells tagged 'parameters'; papermill needs exactly one.")
+    return cells[0].source
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
+    """Declared parameters and their default values, read from the notebook's ``parameters`` cell."""
+    src = _parameters_cell(_notebook_path(notebook))
+    out: dict[str, Any] = {}
+    for node in ast.parse(src).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if not isinstance(t, ast.Name):
+                    raise ParameterError(f"parameters cell: only `name = literal` assignments are allowed ({ast.unparse(node)}).")
+                try:
+                    out[t.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    raise ParameterError(f"parameters cell: {t.id} must be a literal, got {ast.unparse(node.value)}.") from None
+        elif not isinstance(node, ast.Expr):  # docstrings / bare strings are fine
+            raise ParameterError(f"parameters cell may only assign literals; found {ast.unparse(node)!r}.")
+    return out
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True  # None means "unset / optional": any type
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def validate_params(notebook: str | Path, params: dict[str, Any], *, source: str = "parameters") -> dict[str, Any]:
+    """Check ``params`` against the notebook's declared parameters; returns them (ints widened to float)."""
+    declared = notebook_parameters(notebook)
+    problems = []
+    out = {}
+    for k, v in params.items():
+        if k not in declared:
+            close = difflib.get_close_matches(k, list(declared), n=2)
+            problems.append(f"unknown parameter {k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        elif not _type_ok(declared[k], v):
+            problems.append(f"{k!r} must be {type(declared[k]).__name__} like the default {declared[k]!r}, "
+                            f"got {type(v).__name__} {v!r}")
+        else:
+            out[k] = float(v) if isinstance(declared[k], float) and isinstance(v, int) else v
+    if problems:
+        raise ParameterError(f"{source} for {Path(str(notebook)).stem}: " + "; ".join(problems)
+                             + f". Declared parameters: {sorted(declared)}.")
+    return out
+
+
+def load_profile(notebook: str | Path, profile: str) -> dict[str, Any]:
+    """Read and validate ``notebooks/params/<notebook>/<profile>.yaml`` (``profile`` is also recorded)."""
+    import yaml
+
+    stem = _notebook_path(notebook).stem
+    path = PARAMS_DIR / stem / f"{profile}.yaml"
+    if not path.exists():
+        have = sorted(p.stem for p in (PARAMS_DIR / stem).glob("*.yaml"))
+        raise FileNotFoundError(f"No profile {profile!r} for {stem}: {path} is missing (profiles: {have}).")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path} must be a mapping of parameter: value, got {type(data).__name__}.")
+    data.setdefault("profile", profile)
+    return validate_params(stem, data, source=str(path.relative_to(PROJECT_ROOT)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+
+def run_notebook(notebook: str | Path, profile: str = "default", *, overrides: dict | None = None,
+                 output_dir: str | Path | None = None, log_output: bool = False,
+                 kernel_name: str | None = None) -> Path:
+    """Execute a notebook with a profile (+ overrides) through papermill; return the executed notebook's path.
+
+    The executed notebook and everything the notebook writes go to ``output_dir`` (default
+    ``outputs/<notebook>/``). Parameters are validated before any kernel starts.
+    """
+    import papermill as pm
+
+    nb_path = _notebook_path(notebook)
+    stem = nb_path.stem
+    params = load_profile(stem, profile)
+    params.update(validate_params(stem, overrides or {}, source="overrides"))
+    out = Path(output_dir) if output_dir else OUTPUTS_DIR / stem
+    out.mkdir(parents=True, exist_ok=True)
+    params["output_dir"] = str(out.resolve())
+    validate_params(stem, params)
+    target = out / f"{stem}.ipynb"
+    print(f"[notebook] {stem} profile={profile} -> {target}")
+    t0 = time.time()
+    pm.execute_notebook(str(nb_path), str(target), parameters=params, cwd=str(NOTEBOOKS_DIR),
+                        log_output=log_output, progress_bar=False,
+                        kernel_name=kernel_name or "python3", language="python")
+    print(f"[notebook] {stem} done in {time.time() - t0:.0f} s")
+    return target
+
+
+def publish_notebook(notebook: str | Path) -> Path:
+    """Copy ``outputs/<nb>/<nb>.ipynb`` (a default-profile run) over ``notebooks/<nb>.ipynb`` for committing.
+
+    The papermill ``injected-parameters`` cell is dropped: the default profile equals the parameters cell, which
+    is checked here, so the committed notebook reads the same in JupyterLab and under nbval.
+    """
+    import nbformat
+
+    stem = _notebook_path(notebook).stem
+    executed = OUTPUTS_DIR / stem / f"{stem}.ipynb"
+    nb = nbformat.read(executed, as_version=4)
+    params = nb.metadata.get("papermill", {}).get("parameters", {})
+    declared = notebook_parameters(stem)
+    diff = {k: v for k, v in params.items() if k not in ("output_dir",) and declared.get(k) != v}
+    if diff:
+        raise ParameterError(f"{executed} was not run with the defaults of the parameters cell (differs: {diff}); "
+                             f"run `make run-{stem}` first.")
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    nb.metadata.pop("papermill", None)
+    for c in nb.cells:
+        c.metadata.pop("papermill", None)
+        c.metadata.pop("execution", None)
+    nbformat.write(nb, NOTEBOOKS_DIR / f"{stem}.ipynb")
+    return NOTEBOOKS_DIR / f"{stem}.ipynb"
+
+
+# --------------------------------------------------------------------------------------------------
+# Inside a notebook
+# --------------------------------------------------------------------------------------------------
+
+def set_seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def quiet_hf() -> None:
+    """Silence Hugging Face progress bars and chatter (they would make executed outputs noisy)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*attention mask.*")
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    for mod in ("transformers", "numpy", "pandas", "sklearn"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return env
+
+
+def _jsonable(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if hasattr(x, "tolist") and hasattr(x, "dtype"):  # torch tensors
+        return x.tolist()
+    if hasattr(x, "to_dict") and hasattr(x, "columns"):  # pandas DataFrame
+        return _jsonable(x.to_dict(orient="records"))
+    return x
+
+
+@dataclass
+class Run:
+    """One execution of a notebook: its parameters, output folder, timings, and ``results.json``."""
+
+    notebook: str
+    params: dict[str, Any]
+    output_dir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    @contextlib.contextmanager
+    def timer(self, name: str):
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.time() - t0, 2)
+
+    def path(self, name: str) -> Path:
+        return self.output_dir / name
+
+    def savefig(self, fig, name: str, dpi: int = 110) -> Path:
+        """Save a matplotlib/seaborn figure as ``<output_dir>/figures/<name>.png`` (it is still shown inline)."""
+        p = self.output_dir / "figures" / f"{name}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fig = getattr(fig, "figure", fig)
+        fig.savefig(p, dpi=dpi, bbox_inches="tight")
+        return p
+
+    def save(self, metrics: dict[str, Any], provenance: dict[str, Any] | None = None,
+             **extra: Any) -> Path:
+        """Write ``results.json`` (parameters, provenance, metrics, timings, environment)."""
+        res = {"notebook": self.notebook, "profile": self.params.get("profile"), "parameters": self.params,
+               "provenance": provenance or {}, "metrics": metrics, **extra,
+               "timings": {**self.timings, "total": round(time.time() - self.started, 2)},
+               "environment": environment(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        p = self.output_dir / "results.json"
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_jsonable(res), indent=1, allow_nan=True))
+        tmp.replace(p)
+        return p
+
+
+def start(notebook: str, namespace: dict[str, Any]) -> Run:
+    """Begin a notebook run: collect and validate its parameters from ``namespace`` (the notebook's globals),
+    seed everything with ``seed``, silence HF bars and make the output folder."""
+    declared = notebook_parameters(notebook)
+    missing = [k for k in declared if k not in namespace]
+    if missing:
+        raise ParameterError(f"run the parameters cell first: {missing} are not defined.")
+    params = validate_params(notebook, {k: namespace[k] for k in declared})
+    out = Path(params.get("output_dir") or OUTPUTS_DIR / notebook)
+    out.mkdir(parents=True, exist_ok=True)
+    quiet_hf()
+    set_seed(int(params.get("seed", 0)))
+    try:
+        import seaborn as sns
+
+        sns.set_theme(context="notebook", style="whitegrid")
+    except ImportError:  # pragma: no cover
+        pass
+    print(f"{notebook}: profile={params.get('profile')!r}, outputs -> {out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out}")
+    return Run(notebook=notebook, params=params, output_dir=out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+def load_results(notebook_or_path: str | Path) -> dict[str, Any]:
+    """``results.json`` of a notebook (``outputs/<nb>/results.json``) or of a given folder/file."""
+    p = Path(notebook_or_path)
+    if p.is_dir():
+        p = p / "results.json"
+    elif not p.suffix:
+        p = OUTPUTS_DIR / str(notebook_or_path) / "results.json"
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: run the notebook first (`make run-{Path(str(notebook_or_path)).stem}`).")
+    return json.loads(p.read_text())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif not isinstance(v, list):
+            out[key] = v
+    return out
+
+
+def results_table(notebooks: list[str] | None = None, digits: int = 3) -> str:
+    """A markdown table of every scalar metric in ``outputs/*/results.json`` (for the README)."""
+    rows = []
+    for nb in notebooks or notebook_names():
+        try:
+            res = load_results(nb)
+        except FileNotFoundError:
+            continue
+        for k, v in _flatten(res.get("metrics", {})).items():
+            if isinstance(v, float):
+                v = round(v, digits)
+            rows.append(f"| {nb} | {res.get('profile')} | `{k}` | {v} |")
+    return "\n".join(["| notebook | profile | metric | value |", "|---|---|---|---|", *rows])
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ParameterError(f"--set takes name=value, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m helpers.notebook", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute a notebook with a profile through papermill")
+    r.add_argument("notebook")
+    r.add_argument("--profile", default="default", choices=PROFILES)
+    r.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="override parameters (YAML values)")
+    r.add_argument("--output-dir")
+    r.add_argument("--log-output", action="store_true")
+    sub.add_parser("validate", help="validate every profile of every notebook")
+    sub.add_parser("table", help="print the README results table from outputs/*/results.json")
+    p = sub.add_parser("publish", help="copy an executed default run over the committed notebook")
+    p.add_argument("notebook")
+    sub.add_parser("list", help="list notebooks")
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "run":
+            run_notebook(a.notebook, a.profile, overrides=_parse_set(a.set), output_dir=a.output_dir,
+                         log_output=a.log_output)
+        elif a.cmd == "validate":
+            for nb in notebook_names():
+                for prof in PROFILES:
+                    load_profile(nb, prof)
+                print(f"ok  {nb}: {', '.join(PROFILES)}")
+        elif a.cmd == "table":
+            print(results_table())
+        elif a.cmd == "publish":
+            print(publish_notebook(a.notebook))
+        elif a.cmd == "list":
+            print("\n".join(notebook_names()))
+    except (ParameterError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Seaborn figures with readable titles and axes, shown inline and saved as PNG by ``Run.savefig``."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use(matplotlib.get_backend())  # keep the notebook's inline backend; Agg when headless
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+__all__ = ["heatmap", "lineplot", "scatter"]
+
+
+def _finish(ax, title: str, xlabel: str, ylabel: str):
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def heatmap(table, *, title: str, xlabel: str, ylabel: str, cmap: str = "viridis", annot=None, fmt: str = "",
+            figsize=(10, 3.5), vmin=None, vmax=None, cbar_label: str = ""):
+    """``table``: a DataFrame (rows x columns) of numbers; ``annot``: same shape of labels, or None."""
+    fig, ax = plt.subplots(figsize=figsize)
+    sns.heatmap(table, ax=ax, cmap=cmap, annot=annot if annot is not None else False, fmt=fmt, vmin=vmin,
+                vmax=vmax, cbar_kws={"label": cbar_label} if cbar_label else None, annot_kws={"fontsize": 7})
+    return _finish(ax, title, xlabel, ylabel)
+
+
+def lineplot(data, *, x: str, y: str, hue: str | None = None, title: str, xlabel: str, ylabel: str,
+             logy: bool = False, figsize=(7, 3.5), marker: str = "o"):
+    fig, ax = plt.subplots(figsize=figsize)
+    sns.lineplot(data=data, x=x, y=y, hue=hue, ax=ax, marker=marker)
+    if logy:
+        ax.set_yscale("log")
+    return _finish(ax, title, xlabel, ylabel)
+
+
+def scatter(data, *, x: str, y: str, hue: str, title: str, xlabel: str, ylabel: str, figsize=(6, 5)):
+    fig, ax = plt.subplots(figsize=figsize)
+    sns.scatterplot(data=data, x=x, y=y, hue=hue, ax=ax, s=28, alpha=0.8)
+    return _finish(ax, title, xlabel, ylabel)
