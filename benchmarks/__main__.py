@@ -1,0 +1,16 @@
+"""Run every benchmark: ``python -m benchmarks [name ...]`` (names: foundation)."""
+from __future__ import annotations
+
+import sys
+
+from . import foundation
+
+ALL = {"foundation": foundation.main}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(ALL)
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        sys.exit(f"unknown benchmark(s) {unknown}; known: {list(ALL)}")
+    for n in names:
+        ALL[n]()

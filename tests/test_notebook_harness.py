@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import notebook as nb
+
+NB00 = "00_inside_a_language_model"
+
+
+def test_every_notebook_has_three_profiles_and_default_equals_parameters_cell():
+    assert NB00 in nb.notebook_names()
+    for name in nb.notebook_names():
+        declared = nb.notebook_parameters(name)
+        assert "profile" in declared and "output_dir" in declared and "seed" in declared
+        for prof in nb.PROFILES:
+            params = nb.load_profile(name, prof)
+            assert params["profile"] == prof
+        default = yaml.safe_load((nb.PARAMS_DIR / name / "default.yaml").read_text())
+        assert {k: declared[k] for k in default} == default, "default.yaml must equal the parameters cell"
+
+
+def test_parameters_cell_is_read_as_literals():
+    p = nb.notebook_parameters(NB00)
+    assert p["model_name"] == "smollm2-135m-instruct" and p["n_per_set"] == 60 and p["pca_depth"] == 0.5
+    assert isinstance(p["lens_prompts"], list) and p["output_dir"] == ""
+
+
+def test_unknown_and_ill_typed_parameters_fail_with_a_clear_message():
+    with pytest.raises(nb.ParameterError, match=r"unknown parameter 'n_per_sets' \(did you mean 'n_per_set'\?\)"):
+        nb.validate_params(NB00, {"n_per_sets": 3})
+    with pytest.raises(nb.ParameterError, match="'n_per_set' must be int"):
+        nb.validate_params(NB00, {"n_per_set": "ten"})
+    with pytest.raises(nb.ParameterError, match="'n_per_set' must be int"):
+        nb.validate_params(NB00, {"n_per_set": 2.5})
+    with pytest.raises(nb.ParameterError, match="'lens_prompts' must be list"):
+        nb.validate_params(NB00, {"lens_prompts": "just one"})
+    assert nb.validate_params(NB00, {"pca_depth": 1}) == {"pca_depth": 1.0}  # int widens to float
+
+
+def test_bad_override_fails_before_any_kernel_starts(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(nb.ParameterError):
+        nb.run_notebook(NB00, "smoke", overrides={"batch_sise": 4}, output_dir=out)
+    assert not out.exists()
+    with pytest.raises(FileNotFoundError, match="No profile 'huge'"):
+        nb.run_notebook(NB00, "huge", output_dir=out)
+    with pytest.raises(FileNotFoundError, match="Unknown notebook"):
+        nb.run_notebook("99_nothing", "smoke", output_dir=out)
+
+
+def test_cli_reports_errors_and_exit_code():
+    r = subprocess.run([sys.executable, "-m", "helpers.notebook", "run", NB00, "--profile", "smoke",
+                        "--set", "n_per_set=abc"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "'n_per_set' must be int" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "helpers.notebook", "validate"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and NB00 in r.stdout
+
+
+def test_run_save_and_results_table_round_trip(tmp_path, monkeypatch):
+    ns = {**nb.notebook_parameters(NB00), "output_dir": str(tmp_path / NB00), "profile": "smoke"}
+    run = nb.start(NB00, ns)
+    with run.timer("step"):
+        pass
+    import numpy as np
+
+    p = run.save({"acc": np.float64(0.8766), "nested": {"k": 3}}, provenance={"model": {"name": "m"}})
+    res = nb.load_results(p.parent)
+    assert res["metrics"] == {"acc": 0.8766, "nested": {"k": 3}}
+    assert res["profile"] == "smoke" and "step" in res["timings"] and res["environment"]["torch"]
+    monkeypatch.setattr(nb, "OUTPUTS_DIR", tmp_path)
+    table = nb.results_table([NB00])
+    assert f"| {NB00} | smoke | `acc` | 0.877 |" in table and "`nested.k` | 3" in table
+    with pytest.raises(FileNotFoundError, match="make run-"):
+        nb.load_results("01_missing")
