@@ -78,3 +78,11 @@ def test_run_save_and_results_table_round_trip(tmp_path, monkeypatch):
     assert f"| {NB00} | smoke | `acc` | 0.877 |" in table and "`nested.k` | 3" in table
     with pytest.raises(FileNotFoundError, match="make run-"):
         nb.load_results("01_missing")
+
+
+def test_papermill_sees_exactly_the_declared_parameters():
+    import papermill as pm
+
+    for name in nb.notebook_names():
+        seen = pm.inspect_notebook(str(nb.NOTEBOOKS_DIR / f"{name}.ipynb"))
+        assert set(seen) == set(nb.notebook_parameters(name)), "papermill cannot parse a line of the parameters cell"
