@@ -1,13 +1,10 @@
 """Seaborn figures with readable titles and axes, shown inline and saved as PNG by ``Run.savefig``."""
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import seaborn as sns
 
-matplotlib.use(matplotlib.get_backend())  # keep the notebook's inline backend; Agg when headless
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-__all__ = ["heatmap", "lineplot", "scatter"]
+__all__ = ["heatmap", "histplot", "lineplot", "scatter"]
 
 
 def _finish(ax, title: str, xlabel: str, ylabel: str):
@@ -39,4 +36,10 @@ def lineplot(data, *, x: str, y: str, hue: str | None = None, title: str, xlabel
 def scatter(data, *, x: str, y: str, hue: str, title: str, xlabel: str, ylabel: str, figsize=(6, 5)):
     fig, ax = plt.subplots(figsize=figsize)
     sns.scatterplot(data=data, x=x, y=y, hue=hue, ax=ax, s=28, alpha=0.8)
+    return _finish(ax, title, xlabel, ylabel)
+
+
+def histplot(values, *, title: str, xlabel: str, ylabel: str, bins="auto", discrete: bool = False, figsize=(7, 3.5)):
+    fig, ax = plt.subplots(figsize=figsize)
+    sns.histplot(x=values, bins=bins, discrete=discrete, ax=ax)
     return _finish(ax, title, xlabel, ylabel)

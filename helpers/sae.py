@@ -35,6 +35,8 @@ from .models import cache_dir
 
 __all__ = [
     "SAETrainConfig",
+    "train_or_load",
+    "heldout_tokens",
     "build_corpus",
     "evaluate_sae",
     "load_sae",
@@ -407,3 +409,36 @@ def evaluate_sae(sae, model, tokenizer, heldout_x: torch.Tensor, heldout_texts: 
         out["variance_explained_by_k"] = {int(k): reconstruction_metrics(sae, heldout_x, k=int(k))["variance_explained"]
                                           for k in ks}
     return out, rec
+
+
+def train_or_load(sae_source: str, cfg: SAETrainConfig, model, tokenizer, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 01's entry point. ``sae_source == "train"``: train (or reuse the cached) SAE described by ``cfg``
+    and evaluate on its held-out texts. Otherwise load ``sae_source`` (folder or ``<release>/<sae_id>``) and capture
+    a fresh evaluation corpus (``cfg.corpus``) at the SAE's layer, all of it held out.
+
+    Returns ``sae``, ``info`` (training record or ``{}``), ``store`` (token activations), ``layer``, ``texts``
+    (the corpus) and ``heldout_docs`` (document indices of the held-out texts)."""
+    if sae_source == "train":
+        sae, info = train_sae(cfg, model, tokenizer, progress=progress)
+        from .activations import ActivationStore
+
+        store = ActivationStore(info["activation_store"])
+        texts, _ = build_corpus(tokenizer, cfg.corpus, chunk_chars=cfg.chunk_chars, seed=cfg.seed)
+        held = split_tokens(store, cfg)["heldout_docs"]
+        return {"sae": sae, "info": info, "store": store, "layer": cfg.layer, "texts": texts, "heldout_docs": held}
+    sae = load_sae(sae_source)
+    layer = hook_layer(sae)
+    texts, labels = build_corpus(tokenizer, cfg.corpus, chunk_chars=cfg.chunk_chars, seed=cfg.seed)
+    tag = hashlib.sha256(f"{sae_source}|{cfg.corpus_key()}".encode()).hexdigest()[:12]
+    root = cache_dir() / "activations" / f"eval-{tag}"
+    store = A.capture_to_disk(model, tokenizer, texts, [layer], root, max_length=cfg.max_length,
+                              store_dtype=torch.float32, progress=progress)
+    return {"sae": sae, "info": {}, "store": store, "layer": layer, "texts": texts,
+            "heldout_docs": torch.arange(len(texts))}
+
+
+def heldout_tokens(store, layer: int, heldout_docs: torch.Tensor) -> torch.Tensor:
+    """Held-out token activations (first token of each text dropped)."""
+    doc, pos = store.load_field("doc_index"), store.load_field("position")
+    keep = torch.isin(doc, heldout_docs) & (pos > 0)
+    return store.load_all(layer)[keep]
