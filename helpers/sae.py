@@ -405,9 +405,8 @@ def evaluate_sae(sae, model, tokenizer, heldout_x: torch.Tensor, heldout_texts: 
     out.update({"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"],
                 "ce_increase": ce["sae"] - ce["clean"],
                 "ce_loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"])})
-    if ks:
-        out["variance_explained_by_k"] = {int(k): reconstruction_metrics(sae, heldout_x, k=int(k))["variance_explained"]
-                                          for k in ks}
+    out["variance_explained_by_k"] = {int(k): reconstruction_metrics(sae, heldout_x, k=int(k))["variance_explained"]
+                                      for k in ks}
     return out, rec
 
 

@@ -42,3 +42,37 @@ def test_00_paper_profile_code_path_with_local_stand_in(tmp_path, tiny_llama_dir
     assert res["profile"] == "paper"
     assert res["provenance"]["model"]["source"] == "local-dir" and res["provenance"]["model"]["n_layers"] == 4
     assert res["metrics"]["probe"]["block"] == 2 and len(res["metrics"]["probe"]["acc_by_block"]) == 4
+
+
+def test_01_smoke_trains_caches_and_reports(tmp_path):
+    res, out = _run("01_sparse_autoencoders", "smoke", tmp_path)
+    m = res["metrics"]
+    assert m["l0"] <= 16.0 + 1e-6 and 0 <= m["dead_fraction"] <= 1
+    assert m["ce_zero"] > m["ce_sae"] > 0 and m["ce_clean"] < m["ce_zero"]
+    assert 0 < m["ce_loss_recovered"] < 1.0
+    assert set(m["variance_explained_by_k"]) == {"8", "16"}
+    assert len(m["features"]) == 3
+    assert res["training"]["corpus_sources"] == {"chat": 30, "nltk": 60, "reasoning": 30}
+    for fig in ("loss_curve", "firing_frequency", "l0_hist", "variance_vs_k"):
+        assert (out / "figures" / f"{fig}.png").exists()
+    # the second run reuses the cached SAE: same numbers, no training
+    res2, _ = _run("01_sparse_autoencoders", "smoke", tmp_path / "again")
+    assert res2["metrics"]["ce_sae"] == m["ce_sae"]
+    assert res2["timings"]["train_or_load"] < res["timings"]["train_or_load"] + 5
+
+
+def test_01_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_dir):
+    """A random SAE in SAELens layout on block 2 of the tiny Llama stands in for Gemma Scope on gemma-2-2b."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=128, k=8))
+    sae.save_model(tmp_path / "sae")
+    cfgp = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(cfgp.read_text())
+    cfg["metadata"].update({"hook_name": "blocks.2.hook_resid_post", "model_name": "tiny"})
+    cfgp.write_text(json.dumps(cfg))
+    res, _ = _run("01_sparse_autoencoders", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(tmp_path / "sae"),
+                  dtype="float32", device="cpu", corpus_nltk=12, corpus_chat=6, corpus_reasoning=6, max_length=32,
+                  eval_texts=6, n_candidates=20, n_features_show=2, n_contexts=3)
+    assert res["profile"] == "paper" and res["provenance"]["sae"] == str(tmp_path / "sae")
+    assert res["metrics"]["l0"] <= 8 and res["training"] == {}
