@@ -1,11 +1,11 @@
-"""Run every benchmark: ``python -m benchmarks [name ...]`` (names: foundation)."""
+"""Run every benchmark: ``python -m benchmarks [name ...]`` (names: foundation, sae)."""
 from __future__ import annotations
 
 import sys
 
-from . import foundation
+from . import foundation, sae
 
-ALL = {"foundation": foundation.main}
+ALL = {"foundation": foundation.main, "sae": sae.main}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(ALL)
