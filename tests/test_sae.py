@@ -114,3 +114,13 @@ def test_corpus_mixes_the_three_sources(smol):
     assert again == texts
     with pytest.raises(ValueError, match="unknown corpus source"):
         S.build_corpus(tok, (("poetry", 3),))
+
+
+def test_load_sae_by_release_fails_fast_offline(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(FileNotFoundError, match="hub is unreachable"):
+        S.load_sae("gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical")
+    assert time.time() - t0 < 10
