@@ -45,7 +45,9 @@ DEFAULT_LABELS = [
     "science and nature", "health and medicine", "agriculture and farming", "Australian news", "time, dates and years",
     "names of people", "places, cities and countries", "punctuation and sentence boundaries", "negation: not, no, "
     "never", "pronouns and people", "computers, software and the web", "conversation and dialogue", "education and "
-    "school", "food and cooking", "family and children", "law, crime and police",
+    "school", "food and cooking", "family and children", "law, crime and police", "commas", "periods and the end of a "
+    "sentence", "the article 'the'", "verbs", "adjectives", "newlines and formatting", "prepositions: of, in, on",
+    "conjunctions: and, or",
 ]
 
 
@@ -186,11 +188,13 @@ def embed(texts: Sequence[str]) -> torch.Tensor:
     return torch.as_tensor(_embedder().encode(list(texts), normalize_embeddings=True, show_progress_bar=False))
 
 
-def latent_description(contexts: list[dict], promoted: Sequence[str] = (), n_ctx: int = 5) -> str:
-    """The text embedded to label a latent: its peak tokens, top contexts and promoted tokens."""
-    peaks = ", ".join(dict.fromkeys(_clean(c["tokens"][c["peak"]]).strip() for c in contexts))
-    ctx = " | ".join("".join(_clean(t) for t in c["tokens"]).strip() for c in contexts[:n_ctx])
-    return f"Fires on: {peaks}. Contexts: {ctx}. Promotes: {', '.join(p.strip() for p in promoted)}"
+def latent_description(contexts: list[dict], promoted: Sequence[str] = (), n_ctx: int = 3, span: int = 3) -> str:
+    """The text embedded to label a latent: what it fires on (peak tokens, weighted by repetition), a few words
+    around the peaks, and the tokens it promotes. Short spans keep the label about the latent, not the document."""
+    peaks = [_clean(c["tokens"][c["peak"]]).strip() for c in contexts]
+    snips = [" ".join(_clean(t).strip() for t in c["tokens"][max(0, c["peak"] - span):c["peak"] + 2]) for c in contexts[:n_ctx]]
+    return (f"The word {', '.join(peaks)}. Around: {' | '.join(snips)}. "
+            f"Next: {', '.join(p.strip() for p in promoted[:4])}")
 
 
 def semantic_labels(descriptions: dict[int, str], labels: Sequence[str] = DEFAULT_LABELS) -> dict[int, dict]:

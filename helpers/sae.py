@@ -58,7 +58,7 @@ class SAETrainConfig:
     lr: float = 1e-3
     batch_size: int = 4096
     aux_loss_coefficient: float = 1.0 / 32  # Gao et al.: alpha = 1/32
-    dead_feature_window: int = 200  # steps without firing before a latent counts as dead (feeds AuxK)
+    dead_feature_window: int = 25  # steps (x batch tokens) without firing before a latent counts as dead -> AuxK
     corpus: tuple[tuple[str, int], ...] = (("nltk", 3000), ("chat", 1500), ("reasoning", 1500))
     chunk_chars: int = 600
     max_length: int = 128
