@@ -252,3 +252,15 @@ def llm_explanation(contexts: list[dict], promoted: Sequence[str], chat) -> str:
     prompt = EXPLAIN_PROMPT.format(contexts=render_contexts_text(contexts, width=160),
                                    promoted=", ".join(repr(p) for p in promoted))
     return chat.complete(prompt, max_tokens=40).strip().splitlines()[0]
+
+
+def table_from_activations(acts, layer: int, skip_first: bool = True) -> TokenTable:
+    """A ``TokenTable`` from in-memory ``helpers.activations.Activations`` (documents = the captured texts)."""
+    x, tid, doc, pos = [], [], [], []
+    for i, (a, t) in enumerate(zip(acts.acts[layer], acts.token_ids)):
+        s = 1 if skip_first else 0
+        x.append(a[s:])
+        tid.append(t[s:])
+        doc.append(torch.full((len(t) - s,), i, dtype=torch.long))
+        pos.append(torch.arange(s, len(t)))
+    return TokenTable(torch.cat(x), torch.cat(tid), torch.cat(doc), torch.cat(pos))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-__all__ = ["heatmap", "histplot", "lineplot", "scatter"]
+__all__ = ["barplot", "heatmap", "histplot", "lineplot", "scatter"]
 
 
 def _finish(ax, title: str, xlabel: str, ylabel: str):
@@ -42,4 +42,10 @@ def scatter(data, *, x: str, y: str, hue: str, title: str, xlabel: str, ylabel: 
 def histplot(values, *, title: str, xlabel: str, ylabel: str, bins="auto", discrete: bool = False, figsize=(7, 3.5)):
     fig, ax = plt.subplots(figsize=figsize)
     sns.histplot(x=values, bins=bins, discrete=discrete, ax=ax)
+    return _finish(ax, title, xlabel, ylabel)
+
+
+def barplot(data, *, x: str, y: str, hue: str | None = None, title: str, xlabel: str, ylabel: str, figsize=(8, 3.5)):
+    fig, ax = plt.subplots(figsize=figsize)
+    sns.barplot(data=data, x=x, y=y, hue=hue, ax=ax, errorbar=("ci", 95), seed=0)
     return _finish(ax, title, xlabel, ylabel)

@@ -35,6 +35,9 @@ from .models import cache_dir
 
 __all__ = [
     "SAETrainConfig",
+    "config_from_params",
+    "encode_texts",
+    "resolve_sae",
     "train_or_load",
     "heldout_tokens",
     "build_corpus",
@@ -448,3 +451,39 @@ def heldout_tokens(store, layer: int, heldout_docs: torch.Tensor) -> torch.Tenso
     doc, pos = store.load_field("doc_index"), store.load_field("position")
     keep = torch.isin(doc, heldout_docs) & (pos > 0)
     return store.load_all(layer)[keep]
+
+
+def config_from_params(p: dict[str, Any]) -> SAETrainConfig:
+    """The ``SAETrainConfig`` that notebook 01's parameters describe (one mapping for notebook 01 and its users)."""
+    return SAETrainConfig(model_name=p["model_name"], layer=int(p["layer"]), d_sae=int(p["d_sae"]), k=int(p["k"]),
+                          n_train_tokens=int(p["n_train_tokens"]), lr=float(p["lr"]), batch_size=int(p["batch_size"]),
+                          max_length=int(p["max_length"]), seed=int(p["seed"]),
+                          corpus=(("nltk", int(p["corpus_nltk"])), ("chat", int(p["corpus_chat"])),
+                                  ("reasoning", int(p["corpus_reasoning"]))))
+
+
+def resolve_sae(sae_source: str, model=None, tokenizer=None, *, progress: bool = True):
+    """``"01-default"`` / ``"01-smoke"``: the SAE that notebook 01's profile trains (loaded from the cache, trained
+    there first if absent); anything else goes to :func:`load_sae`. Returns ``(sae, layer)``."""
+    if sae_source.startswith("01-"):
+        from .notebook import load_profile, notebook_parameters
+
+        params = {**notebook_parameters("01_sparse_autoencoders"),
+                  **load_profile("01_sparse_autoencoders", sae_source[3:])}
+        cfg = config_from_params(params)
+        if not (cfg.folder() / "training.json").exists():
+            print(f"[sae] notebook 01's {sae_source[3:]!r} SAE is not cached yet: training it now")
+        sae, _ = train_sae(cfg, model, tokenizer, progress=progress)
+        return sae, cfg.layer
+    sae = load_sae(sae_source)
+    return sae, hook_layer(sae)
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, sae, texts: Sequence[str], layer: int, *, max_length: int = 256,
+                 batch_size: int = 16, progress: bool = True):
+    """Capture block ``layer`` for ``texts`` and encode every token with the SAE.
+
+    Returns ``(latents, acts)``: per text a ``(T_i, d_sae)`` tensor, and the ``Activations`` (tokens, residuals)."""
+    acts = A.capture(model, tokenizer, texts, [layer], max_length=max_length, batch_size=batch_size, progress=progress)
+    return [encode(sae, a) for a in acts.acts[layer]], acts

@@ -15,7 +15,7 @@ import torch
 
 from . import activations as A
 
-__all__ = ["Generation", "generate", "sae_feature_vector"]
+__all__ = ["Generation", "generate", "sae_feature_vector", "steering_panel"]
 
 
 @dataclass
@@ -79,3 +79,32 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     finally:
         tokenizer.padding_side = old_side
     return out
+
+
+def steering_panel(model, tokenizer, layer: int, vectors: dict, *, prompt: str = "", scales=(-4.0, 4.0),
+                   default_scale: float = 2.0, max_new_tokens: int = 64):
+    """ipywidgets panel: pick a vector (e.g. an SAE feature), a multiplier and a prompt; 'Generate' shows the
+    unsteered and the steered completion side by side (greedy). ``vectors`` maps a name to a unit-scale vector."""
+    import html
+
+    import ipywidgets as w
+    from IPython.display import HTML, display
+
+    pick = w.Dropdown(options=list(vectors), description="vector")
+    scale = w.FloatSlider(value=default_scale, min=scales[0], max=scales[1], step=0.5, description="multiplier")
+    text = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="90%"))
+    button = w.Button(description="Generate")
+    out = w.Output()
+
+    def run(_=None):
+        out.clear_output()
+        plain = generate(model, tokenizer, [text.value], max_new_tokens=max_new_tokens)[0].text
+        steered = generate(model, tokenizer, [text.value], max_new_tokens=max_new_tokens, layer=layer,
+                           vector=vectors[pick.value], scale=scale.value)[0].text
+        with out:
+            display(HTML(f"<table><tr><th>unsteered</th><th>{html.escape(pick.value)} x {scale.value}</th></tr>"
+                         f"<tr><td style='vertical-align:top'>{html.escape(plain)}</td>"
+                         f"<td style='vertical-align:top'>{html.escape(steered)}</td></tr></table>"))
+
+    button.on_click(run)
+    return w.VBox([pick, scale, text, button, out])

@@ -63,16 +63,46 @@ def test_01_smoke_trains_caches_and_reports(tmp_path):
 
 def test_01_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_dir):
     """A random SAE in SAELens layout on block 2 of the tiny Llama stands in for Gemma Scope on gemma-2-2b."""
-    from sae_lens import TopKSAE, TopKSAEConfig
-
-    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=128, k=8))
-    sae.save_model(tmp_path / "sae")
-    cfgp = tmp_path / "sae" / "cfg.json"
-    cfg = json.loads(cfgp.read_text())
-    cfg["metadata"].update({"hook_name": "blocks.2.hook_resid_post", "model_name": "tiny"})
-    cfgp.write_text(json.dumps(cfg))
+    _random_sae_folder(tmp_path / "sae")
     res, _ = _run("01_sparse_autoencoders", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(tmp_path / "sae"),
                   dtype="float32", device="cpu", corpus_nltk=12, corpus_chat=6, corpus_reasoning=6, max_length=32,
                   eval_texts=6, n_candidates=20, n_features_show=2, n_contexts=3)
     assert res["profile"] == "paper" and res["provenance"]["sae"] == str(tmp_path / "sae")
     assert res["metrics"]["l0"] <= 8 and res["training"] == {}
+
+
+def _random_sae_folder(path, d_in=64, d_sae=128, k=8, layer=2):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k)).save_model(path)
+    cfg = json.loads((path / "cfg.json").read_text())
+    cfg["metadata"].update({"hook_name": f"blocks.{layer}.hook_resid_post", "model_name": "tiny"})
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    return path
+
+
+def test_02_smoke(tmp_path):
+    res, out = _run("02_reasoning_features", "smoke", tmp_path)
+    m = res["metrics"]
+    assert m["n_selected"] >= 1 and len(m["selected"]) == m["n_selected"]
+    assert set(m["groups"]) <= {"uncertainty", "exploration", "reflection"}
+    conds = {r["condition"] for r in m["steering"]}
+    assert "no steering" in conds and any(c.startswith("feature") for c in conds) and any(c.startswith("random") for c in conds)
+    assert {r["condition"] for r in m["word_ban"]} == {"no ban", "ban reasoning words", "ban random words"}
+    for r in m["steering"]:
+        assert r["ci_low"] <= r["mean"] + 1e-9 and r["mean"] <= r["ci_high"] + 1e-9
+    banned = [g for g in res["generations"]["word_ban"] if g["condition"] == "ban reasoning words"]
+    assert all(g["reflection_rate"] == 0.0 for g in banned)  # no reasoning word survives the ban
+    for fig in ("reasonscore_distribution", "per_word_heatmap", "activation_by_source", "steering_reflection_rate"):
+        assert (out / "figures" / f"{fig}.png").exists()
+
+
+def test_02_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_dir):
+    """A random SAE in SAELens layout stands in for andreuka18's SAE, the tiny Llama for R1-Distill-Llama-8B."""
+    sae_dir = _random_sae_folder(tmp_path / "sae")
+    res, _ = _run("02_reasoning_features", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(sae_dir),
+                  dtype="float32", device="cpu", n_traces=4, n_solutions=4, n_generated=2, gen_max_new_tokens=8,
+                  max_length=48, n_problems=2, steer_max_new_tokens=8, n_steer_features=1, gammas=[0.0, 1.0],
+                  n_boot=50, quantile=0.95, batch_size=4)
+    assert res["profile"] == "paper" and res["parameters"]["problems_dataset"] == "math500"
+    assert res["provenance"]["layer"] == 2 and res["metrics"]["n_selected"] >= 1

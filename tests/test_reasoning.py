@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+
+import helpers.reasoning as R
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +291,28 @@ def test_random_frequent_words():
     assert "don" not in random_frequent_words(None, corpus, 8, seed=1)
     with pytest.raises(ValueError):
         random_frequent_words(None, corpus, 50)
+
+
+def test_experiment_tables_on_hand_made_generations():
+    import pandas as pd
+
+    from helpers.steering import Generation
+
+    gens = [Generation("p1", "Wait, let me check. #### 18", 9, False), Generation("p2", "It is 7 7 7 7 7 7", 7, True)]
+    m = R.generation_metrics(gens, ["18", "8"])
+    assert m.correct.tolist() == [1.0, 0.0] and m.answer.tolist() == ["18", "7"]
+    assert m.reflection_rate[0] > 0 and m.reflection_rate[1] == 0 and m.repetition[1] == pytest.approx(0.4)  # 4-grams: 5, of which 2 repeat "7 7 7 7"
+    steer = pd.concat([m.assign(condition="no steering", latent=None, gamma=0.0, kind="none"),
+                       m.assign(condition="feature 5", latent=5, gamma=2.0, kind="feature", n_tokens=[20, 30])])
+    summ = R.summarize_conditions(steer, metrics=("n_tokens",), n_boot=200)
+    row = summ[(summ.condition == "feature 5")].iloc[0]
+    assert row["mean"] == 25.0 and row["diff_vs_baseline"] == 17.0
+    curve = R.steering_curve(steer, metrics=("n_tokens",))
+    assert curve[["feature", "gamma", "n_tokens"]].values.tolist() == [["feature 5", 0.0, 8.0], ["feature 5", 2.0, 25.0]]
+
+
+def test_group_of_follows_the_word_mass():
+    import pandas as pd
+
+    row = pd.Series({"p_wait": 0.6, "p_let_me": 0.2, "p_maybe": 0.1, "p_but": 0.1})
+    assert R.group_of(row, ["wait", "let me", "maybe", "but"]) == ("reflection", pytest.approx(0.8))
