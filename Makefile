@@ -15,12 +15,12 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 PYTEST_ARGS ?=
 
-.PHONY: help setup data models run test test-fast bench lab clean publish $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
+.PHONY: help setup data models run test test-fast bench lab clean publish readme $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
 
 help:
 	@echo "make run    - set up .venv, fetch data, execute every notebook (PROFILE=$(PROFILE)) into outputs/"
 	@echo "make test   - set up, fetch data, run the whole test suite (units, papermill smoke runs, nbval)"
-	@echo "make run-<notebook>, make bench, make lab, make publish-<notebook>, make clean"
+	@echo "make run-<notebook>, make bench, make lab, make publish-<notebook>, make readme, make clean"
 	@echo "notebooks: $(NOTEBOOKS)"
 
 # --- environment -------------------------------------------------------------------------------------
@@ -56,6 +56,10 @@ $(addprefix publish-,$(NOTEBOOKS)): publish-%: data
 	$(PY) -m helpers.notebook publish $*
 
 publish: $(addprefix publish-,$(NOTEBOOKS))
+
+# rewrite the README's results section from outputs/*/results.json (after `make run`)
+readme: setup
+	$(PY) -m helpers.notebook readme
 
 # --- tests and benchmarks --------------------------------------------------------------------------------
 test: data

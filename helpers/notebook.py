@@ -390,6 +390,44 @@ def results_table(notebooks: list[str] | None = None, digits: int = 3) -> str:
     return "\n".join(["| notebook | profile | metric | value |", "|---|---|---|---|", *rows])
 
 
+#: The metrics the README shows per notebook (prefixes of flattened metric keys); every number in the README
+#: comes from these results files through ``python -m helpers.notebook readme``.
+README_METRICS = {
+    "00_inside_a_language_model": ["capture.tokens_per_s", "logit_lens.", "probe.acc_full", "probe.acc_pca2",
+                                   "probe.acc_shuffled"],
+    "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
+    "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups."],
+}
+
+
+def readme_results(digits: int = 3) -> str:
+    """The README's results section: the ``README_METRICS`` of every ``outputs/*/results.json``, with run times."""
+    parts = []
+    for nb in notebook_names():
+        try:
+            res = load_results(nb)
+        except FileNotFoundError:
+            continue
+        flat = _flatten(res.get("metrics", {}))
+        keys = [k for k in flat if any(k.startswith(p) for p in README_METRICS.get(nb, [""]))]
+        rows = [f"| `{k}` | {round(flat[k], digits) if isinstance(flat[k], float) else flat[k]} |" for k in keys]
+        parts.append(f"**{nb}** (profile `{res.get('profile')}`, {res['timings'].get('total', 0):.0f} s on "
+                     f"{res['environment'].get('cpu_count')} cores)\n\n| metric | value |\n|---|---|\n" + "\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def write_readme(path: Path | None = None) -> None:
+    """Replace the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` in the README."""
+    path = path or PROJECT_ROOT / "README.md"
+    text = path.read_text()
+    a, b = "<!-- results:start -->", "<!-- results:end -->"
+    if a not in text or b not in text:
+        raise ValueError(f"{path} lacks the {a} / {b} markers")
+    head, rest = text.split(a, 1)
+    _, tail = rest.split(b, 1)
+    path.write_text(f"{head}{a}\n{readme_results()}\n{b}{tail}")
+
+
 def _parse_set(items: list[str]) -> dict[str, Any]:
     import yaml
 
@@ -414,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--output-dir")
     r.add_argument("--log-output", action="store_true")
     sub.add_parser("validate", help="validate every profile of every notebook")
-    sub.add_parser("table", help="print the README results table from outputs/*/results.json")
+    sub.add_parser("table", help="print every scalar metric of outputs/*/results.json")
+    sub.add_parser("readme", help="rewrite the README's results section from outputs/*/results.json")
     p = sub.add_parser("publish", help="copy an executed default run over the committed notebook")
     p.add_argument("notebook")
     sub.add_parser("list", help="list notebooks")
@@ -430,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"ok  {nb}: {', '.join(PROFILES)}")
         elif a.cmd == "table":
             print(results_table())
+        elif a.cmd == "readme":
+            write_readme()
+            print(readme_results())
         elif a.cmd == "publish":
             print(publish_notebook(a.notebook))
         elif a.cmd == "list":

@@ -621,13 +621,23 @@ def build_reasoning_corpus(n_traces: int, n_solutions: int, *, seed: int = 0) ->
     return t + s, ["r1-trace"] * len(t) + ["solution"] * len(s)
 
 
-def group_of(scores_row, words: Sequence[str], groups: Mapping[str, Sequence[str]] = GROUPS) -> tuple[str, float]:
-    """The group whose words carry most of a feature's per-word activation mass ``p_i(r_j)``, and that share."""
-    mass = {g: sum(float(scores_row.get(f"p_{w.replace(' ', '_')}", 0.0)) for w in ws if w in words)
-            for g, ws in groups.items()}
-    total = sum(mass.values()) or 1.0
-    g = max(mass, key=mass.get)
-    return g, mass[g] / total
+def group_of(scores_row, words: Sequence[str], groups: Mapping[str, Sequence[str]] = GROUPS,
+             min_enrichment: float = 1.5) -> tuple[str, float]:
+    """The paper group a feature belongs to by its per-word profile ``p_i(r_j)``: each group's *enrichment* is its
+    words' mean share divided by the uniform share 1/|R| (so a group is not favoured for having more words). The
+    best group wins if its enrichment is at least ``min_enrichment``; otherwise the feature is ``"mixed"``.
+    Returns (group, enrichment)."""
+    present = [w for w in words if f"p_{w.replace(' ', '_')}" in scores_row.index]
+    if not present:
+        return "mixed", 0.0
+    uniform = 1.0 / len(present)
+    enrich = {}
+    for g, ws in groups.items():
+        ws = [w for w in ws if w in present]
+        if ws:
+            enrich[g] = float(np.mean([float(scores_row[f"p_{w.replace(' ', '_')}"]) for w in ws])) / uniform
+    g = max(enrich, key=enrich.get)
+    return (g if enrich[g] >= min_enrichment else "mixed"), enrich[g]
 
 
 def generation_metrics(gens, golds: Sequence[str] | None = None) -> "pd.DataFrame":
@@ -670,8 +680,8 @@ def steering_experiment(model, tokenizer, sae, layer: int, problems: Sequence[st
 
     prompts = [p + COT_SUFFIX for p in problems]
     runs = [("no steering", None, 0.0)]
-    runs += [(f"feature {i}", i, g) for i in features for g in gammas if g != 0]
-    runs += [(f"random {i}", i, g) for i in random_features for g in gammas if g != 0]
+    runs += [(f"feature {i} γ={g:g}", i, g) for i in features for g in gammas if g != 0]
+    runs += [(f"random {i} γ={g:g}", i, g) for i in random_features for g in gammas if g != 0]
     frames = []
     from tqdm.auto import tqdm
 

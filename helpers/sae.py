@@ -487,3 +487,12 @@ def encode_texts(model, tokenizer, sae, texts: Sequence[str], layer: int, *, max
     Returns ``(latents, acts)``: per text a ``(T_i, d_sae)`` tensor, and the ``Activations`` (tokens, residuals)."""
     acts = A.capture(model, tokenizer, texts, [layer], max_length=max_length, batch_size=batch_size, progress=progress)
     return [encode(sae, a) for a in acts.acts[layer]], acts
+
+
+def outlier_token_stats(x: torch.Tensor, factor: float = 5.0) -> dict[str, float]:
+    """Tokens whose residual norm exceeds ``factor`` x the median: their share, and the max/median norm ratio.
+    Rare sink-like tokens with enormous norms dominate any squared-error batch they land in."""
+    n = x.norm(dim=-1)
+    med = n.median()
+    return {"share": float((n > factor * med).float().mean()), "max_over_median": float(n.max() / med),
+            "median_norm": float(med)}

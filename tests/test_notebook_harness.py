@@ -86,3 +86,17 @@ def test_papermill_sees_exactly_the_declared_parameters():
     for name in nb.notebook_names():
         seen = pm.inspect_notebook(str(nb.NOTEBOOKS_DIR / f"{name}.ipynb"))
         assert set(seen) == set(nb.notebook_parameters(name)), "papermill cannot parse a line of the parameters cell"
+
+
+def test_readme_section_is_generated_from_results(tmp_path, monkeypatch):
+    out = tmp_path / "outputs" / NB00
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"profile": "default", "metrics": {"probe": {"acc_full": 0.98765},
+                                      "other": 1}, "timings": {"total": 12.0}, "environment": {"cpu_count": 2}}))
+    monkeypatch.setattr(nb, "OUTPUTS_DIR", tmp_path / "outputs")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nrest\n")
+    nb.write_readme(readme)
+    text = readme.read_text()
+    assert "| `probe.acc_full` | 0.988 |" in text and "other" not in text and "old" not in text
+    assert text.startswith("intro") and text.endswith("rest\n")

@@ -314,5 +314,8 @@ def test_experiment_tables_on_hand_made_generations():
 def test_group_of_follows_the_word_mass():
     import pandas as pd
 
+    words = ["wait", "let me", "maybe", "but"]
     row = pd.Series({"p_wait": 0.6, "p_let_me": 0.2, "p_maybe": 0.1, "p_but": 0.1})
-    assert R.group_of(row, ["wait", "let me", "maybe", "but"]) == ("reflection", pytest.approx(0.8))
+    assert R.group_of(row, words) == ("reflection", pytest.approx(0.4 / 0.25))  # mean share 0.4 vs uniform 0.25
+    flat = pd.Series({"p_wait": 0.25, "p_let_me": 0.25, "p_maybe": 0.25, "p_but": 0.25})
+    assert R.group_of(flat, words)[0] == "mixed"  # a uniform profile belongs to no group
