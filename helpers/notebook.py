@@ -398,6 +398,8 @@ README_METRICS = {
     "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
     "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups."],
 }
+#: Record lists in results.json shown as condition x metric tables of means (with CIs).
+README_TABLES = {"02_reasoning_features": ["steering", "word_ban"]}
 
 
 def readme_results(digits: int = 3) -> str:
@@ -411,8 +413,24 @@ def readme_results(digits: int = 3) -> str:
         flat = _flatten(res.get("metrics", {}))
         keys = [k for k in flat if any(k.startswith(p) for p in README_METRICS.get(nb, [""]))]
         rows = [f"| `{k}` | {round(flat[k], digits) if isinstance(flat[k], float) else flat[k]} |" for k in keys]
+        for tkey in README_TABLES.get(nb, []):
+            recs = res["metrics"].get(tkey, [])
+            metrics = list(dict.fromkeys(r["metric"] for r in recs))
+            conds = list(dict.fromkeys(r["condition"] for r in recs))
+            cell = {(r["condition"], r["metric"]): f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" for r in recs}
+            rows.append(f"\n`{tkey}` (mean [95% bootstrap CI]):\n\n| condition | " + " | ".join(metrics) + " |\n|---|"
+                        + "---|" * len(metrics) + "\n" + "\n".join(f"| {c} | " + " | ".join(cell.get((c, m), "") for m in metrics)
+                                                              + " |" for c in conds))
         parts.append(f"**{nb}** (profile `{res.get('profile')}`, {res['timings'].get('total', 0):.0f} s on "
                      f"{res['environment'].get('cpu_count')} cores)\n\n| metric | value |\n|---|---|\n" + "\n".join(rows))
+    bench = OUTPUTS_DIR / "bench"
+    for f in sorted(bench.glob("*.json")) if bench.exists() else []:
+        flat = _flatten(json.loads(f.read_text()))
+        keys = [k for k in flat if not k.startswith("machine.") or "gflops" in k]
+        keys = [k for k in keys if isinstance(flat[k], (int, float)) and not isinstance(flat[k], bool)]
+        rows = [f"| `{k}` | {round(flat[k], digits) if isinstance(flat[k], float) else flat[k]} |" for k in keys]
+        parts.append(f"**benchmark `{f.stem}`** (`make bench`, `outputs/bench/{f.name}`)\n\n| measure | value |\n"
+                     "|---|---|\n" + "\n".join(rows))
     return "\n\n".join(parts)
 
 
