@@ -336,6 +336,8 @@ def encode(sae, x: torch.Tensor, batch: int = 8192, k: int | None = None) -> tor
     training SAE's decoder-norm rescaling is folded in only when it is saved)."""
     if k is not None and "Training" in type(sae).__name__:
         raise TypeError("k override needs an inference SAE: save_inference_model() then load_sae().")
+    if len(x) == 0:
+        return torch.zeros(0, sae.W_dec.shape[0], dtype=sae.W_dec.dtype)
     outs = []
     for s in range(0, len(x), batch):
         xb = x[s:s + batch].to(sae.W_enc.dtype)
@@ -487,6 +489,15 @@ def encode_texts(model, tokenizer, sae, texts: Sequence[str], layer: int, *, max
     Returns ``(latents, acts)``: per text a ``(T_i, d_sae)`` tensor, and the ``Activations`` (tokens, residuals)."""
     acts = A.capture(model, tokenizer, texts, [layer], max_length=max_length, batch_size=batch_size, progress=progress)
     return [encode(sae, a) for a in acts.acts[layer]], acts
+
+
+def max_activation(latents: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Each latent's maximum activation over a list of per-text ``(T_i, d_sae)`` tensors (empty texts allowed);
+    ``f_max`` of the feature-steering vector."""
+    nonempty = [l for l in latents if len(l)]
+    if not nonempty:
+        raise ValueError("no tokens: every text was empty")
+    return torch.stack([l.max(0).values for l in nonempty]).max(0).values
 
 
 def outlier_token_stats(x: torch.Tensor, factor: float = 5.0) -> dict[str, float]:

@@ -124,3 +124,13 @@ def test_load_sae_by_release_fails_fast_offline(monkeypatch):
     with pytest.raises(FileNotFoundError, match="hub is unreachable"):
         S.load_sae("gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical")
     assert time.time() - t0 < 10
+
+
+def test_encode_and_max_activation_handle_empty_texts(planted_sae):
+    sae, x, _, _ = planted_sae
+    empty = S.encode(sae, x[:0])
+    assert empty.shape == (0, sae.W_dec.shape[0])
+    lat = [S.encode(sae, x[:5]), empty, S.encode(sae, x[5:9])]
+    torch.testing.assert_close(S.max_activation(lat), torch.cat([lat[0], lat[2]]).max(0).values)
+    with pytest.raises(ValueError, match="empty"):
+        S.max_activation([empty])
