@@ -369,13 +369,22 @@ def intervene(model, layer: int, fn: Callable[[torch.Tensor, torch.Tensor], torc
 @contextmanager
 def add_vector(model, layer: int, vector: torch.Tensor, scale: float = 1.0, *,
                min_token_index: int | torch.Tensor = 0):
-    """Add ``scale * vector`` to the residual stream after block ``layer`` (activation steering, ActAdd/CAA)."""
+    """Add ``scale * vector`` to the residual stream after block ``layer`` (activation steering, ActAdd/CAA).
+    ``vector`` is ``(d,)`` (the same for every row) or ``(batch, d)`` (one per row, e.g. several methods' vectors
+    evaluated in one batched generation)."""
     vector = torch.as_tensor(vector).detach()
     if vector.shape[-1] != d_model(model):
         raise ValueError(f"steering vector has size {vector.shape[-1]}, the model's residual stream {d_model(model)}.")
+    if vector.dim() not in (1, 2):
+        raise ValueError(f"steering vector must be (d,) or (batch, d), got shape {tuple(vector.shape)}.")
 
     def fn(hidden, pos):
-        return hidden + scale * vector.to(device=hidden.device, dtype=hidden.dtype)
+        v = vector.to(device=hidden.device, dtype=hidden.dtype)
+        if v.dim() == 2:  # one vector per row of the batch
+            if v.shape[0] != hidden.shape[0]:
+                raise ValueError(f"{v.shape[0]} per-row steering vectors for a batch of {hidden.shape[0]}.")
+            v = v[:, None, :]
+        return hidden + scale * v
 
     with intervene(model, layer, fn, min_token_index=min_token_index) as h:
         yield h

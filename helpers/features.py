@@ -264,3 +264,55 @@ def table_from_activations(acts, layer: int, skip_first: bool = True) -> TokenTa
         doc.append(torch.full((len(t) - s,), i, dtype=torch.long))
         pos.append(torch.arange(s, len(t)))
     return TokenTable(torch.cat(x), torch.cat(tid), torch.cat(doc), torch.cat(pos))
+
+
+class LatentExplainer:
+    """Offline explanations of SAE latents, computed on demand and memoised: top contexts over a token table (the
+    SAE's own training activations when it is notebook 01's SAE) plus decoder logit-lens tokens, rendered by
+    :func:`latent_description`. ``explain(latents)`` encodes the table once per call for all missing latents."""
+
+    def __init__(self, model, tokenizer, sae, table: TokenTable, *, n_contexts: int = 6):
+        self.model, self.tokenizer, self.sae, self.table, self.n = model, tokenizer, sae, table, n_contexts
+        self.cache: dict[int, dict] = {}
+
+    def explain(self, latents: Sequence[int]) -> dict[int, str]:
+        missing = sorted({int(i) for i in latents} - set(self.cache))
+        if missing:
+            ctx = top_contexts(self.sae, self.table, missing, n=self.n, tokenizer=self.tokenizer)
+            for i in missing:
+                lens = decoder_logit_lens(self.model, self.sae, i, k=6, tokenizer=self.tokenizer)
+                desc = latent_description(ctx[i], lens["promoted"]) if ctx[i] else "never fires on the corpus"
+                self.cache[i] = {"description": desc, "contexts": ctx[i], "lens": lens}
+        return {int(i): self.cache[int(i)]["description"] for i in latents}
+
+
+def explanation_table(sae_source: str, model, tokenizer, layer: int, *, n_docs: int = 1500, progress: bool = False
+                      ) -> TokenTable:
+    """Token activations to explain latents with: for notebook 01's SAEs (``"01-<profile>"``) the first ``n_docs``
+    texts of the SAE's cached training corpus (no new forward passes); otherwise a mixed corpus of ``n_docs`` texts
+    (``helpers.sae.build_corpus``) captured at ``layer`` once and cached on disk."""
+    import hashlib
+
+    from . import activations as A
+    from .models import cache_dir
+    from .sae import build_corpus, config_from_params, train_sae
+
+    from pathlib import Path
+
+    store = None
+    if sae_source.startswith("01-"):
+        from .notebook import load_profile, notebook_parameters
+
+        cfg = config_from_params({**notebook_parameters("01_sparse_autoencoders"),
+                                  **load_profile("01_sparse_autoencoders", sae_source[3:])})
+        _, info = train_sae(cfg, model, tokenizer, progress=progress)
+        if (Path(info["activation_store"]) / "meta.json").exists():
+            store = A.ActivationStore(info["activation_store"])
+    if store is None:  # another SAE, or notebook 01's activation cache was deleted
+        third = max(1, n_docs // 3)
+        texts, _ = build_corpus(tokenizer, (("nltk", third), ("chat", third), ("reasoning", third)), seed=0)
+        tag = hashlib.sha256(f"{getattr(model, 'name_or_path', '')}|{layer}|{len(texts)}".encode()).hexdigest()[:12]
+        store = A.capture_to_disk(model, tokenizer, texts, [layer], cache_dir() / "activations" / f"explain-{tag}",
+                                  max_length=128, store_dtype=torch.float32, progress=progress)
+    docs = torch.arange(n_docs)
+    return TokenTable.from_store(store, layer, docs=docs)
