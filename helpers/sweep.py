@@ -318,8 +318,12 @@ def _run_local(tasks: list[dict], jobs: int, progress: bool) -> list[dict]:
     out = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futs = [pool.submit(run_point, t) for t in tasks]
-        for f in tqdm(as_completed(futs), total=len(futs), desc="sweep points", disable=not progress):
-            out.append(f.result())
+        try:
+            for f in tqdm(as_completed(futs), total=len(futs), desc="sweep points", disable=not progress):
+                out.append(f.result())
+        except KeyboardInterrupt:  # finished points are on disk; the next run resumes from them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return out
 
 
@@ -352,10 +356,12 @@ def _run_dask(tasks: list[dict], jobs: int, address: str | None, progress: bool)
 
 def run_sweep(spec: str | Path | dict | Sweep, *, jobs: int = 1, engine: str = "local", address: str | None = None,
               threads: int | None = None, root: str | Path | None = None, retry_failed: bool = True,
-              limit: int | None = None, progress: bool = True) -> SweepReport:
+              limit: int | None = None, progress: bool = True, verbose: bool = True) -> SweepReport:
     """Run (or resume) a sweep and aggregate it. Points already finished (``status.json`` ok) are reused;
     failed ones are retried unless ``retry_failed=False``. ``limit`` runs only the first N points (the table
-    then holds only those). Returns a :class:`SweepReport` whose ``table`` is also written to ``sweep.csv``."""
+    then holds only those). ``progress``: a tqdm bar over points; ``verbose``: the ``[sweep]`` lines on stderr.
+    Returns a :class:`SweepReport` whose ``table`` is also written to ``sweep.csv``."""
+    say = (lambda msg: print(f"[sweep] {msg}", file=sys.stderr)) if verbose else (lambda msg: None)
     if engine not in ENGINES:
         raise SweepError(f"Unknown engine {engine!r}; choose one of {ENGINES}.")
     if not isinstance(jobs, int) or jobs < 1:
@@ -380,8 +386,8 @@ def run_sweep(spec: str | Path | dict | Sweep, *, jobs: int = 1, engine: str = "
         else:
             todo.append({"id": p.id, "notebook": sw.notebook, "profile": sw.profile, "overrides": p.overrides,
                          "folder": str(pf), "threads": threads})
-    print(f"[sweep] {sw.name}: {len(sw.points)} points, {len(skipped)} already done, {len(todo)} to run "
-          f"(engine={engine}, jobs={jobs}, {threads} threads each) -> {folder}", file=sys.stderr)
+    say(f"{sw.name}: {len(sw.points)} points, {len(skipped)} already done, {len(todo)} to run "
+        f"(engine={engine}, jobs={jobs}, {threads} threads each) -> {folder}")
     t0 = time.time()
     results = []
     if todo:
@@ -394,9 +400,9 @@ def run_sweep(spec: str | Path | dict | Sweep, *, jobs: int = 1, engine: str = "
     _atomic_json(folder / "run.json", {"engine": engine, "jobs": jobs, "threads": threads, "wall_s": rep.wall_s,
                                        "ran": rep.ran, "skipped": rep.skipped, "failed": rep.failed,
                                        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    print(f"[sweep] {rep.summary()}", file=sys.stderr)
+    say(rep.summary())
     for _, r in rep.table[rep.table.status != "ok"].drop_duplicates("point_id").iterrows():
-        print(f"[sweep] {r.status} point {r.point_id}: {r.error}", file=sys.stderr)
+        say(f"{r.status} point {r.point_id}: {r.error}")
     return rep
 
 
