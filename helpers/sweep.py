@@ -50,7 +50,7 @@ from . import PROJECT_ROOT
 from . import notebook as nb
 
 __all__ = ["ENGINES", "PLOT_KINDS", "Point", "Sweep", "SweepError", "SweepReport", "aggregate", "load_sweep",
-           "plot_sweep", "point_id", "run_point", "run_sweep", "sweep_dir"]
+           "notebook_code_hash", "plot_sweep", "point_id", "run_point", "run_sweep", "sweep_dir"]
 
 SWEEPS_DIR = nb.NOTEBOOKS_DIR / "sweeps"
 ENGINES = ("local", "dask")
@@ -113,6 +113,17 @@ def point_id(notebook: str, params: dict[str, Any], digits: int = 12) -> str:
     key = {"notebook": Path(notebook).stem, "params": {k: v for k, v in params.items() if k != "output_dir"}}
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:digits]
+
+
+def notebook_code_hash(notebook: str) -> str:
+    """sha256 of a notebook's code cells (not its outputs). Recorded per point: the table's ``code_changed``
+    column flags points computed with code that has changed since (the id only hashes parameters, so
+    re-publishing a notebook's outputs does not invalidate its points; delete a point folder to recompute it)."""
+    import nbformat
+
+    book = nbformat.read(nb._notebook_path(notebook), as_version=4)
+    src = "\n# ---\n".join(c.source for c in book.cells if c.cell_type == "code")
+    return hashlib.sha256(src.encode()).hexdigest()
 
 
 def _resolve_notebook(value: Any, sweep_path: Path | None) -> str:
@@ -214,9 +225,10 @@ def _check_plot(sw: Sweep, where: str) -> None:
     p = sw.plot
     if not p:
         return
-    bad = set(p) - {"x", "y", "hue", "col", "kind", "title", "logx", "logy"}
+    bad = set(p) - {"x", "y", "hue", "col", "kind", "title", "xlabel", "ylabel", "logx", "logy"}
     if bad:
-        raise SweepError(f"{where}: unknown plot key(s) {sorted(bad)}; use x, y, hue, col, kind, title, logx, logy.")
+        raise SweepError(f"{where}: unknown plot key(s) {sorted(bad)}; use x, y, hue, col, kind, title, xlabel, "
+                         f"ylabel, logx, logy.")
     if "x" not in p or "y" not in p:
         raise SweepError(f"{where}: the plot section needs at least 'x' and 'y' (a parameter and a metric).")
     if p.get("kind", "line") not in PLOT_KINDS:
@@ -255,6 +267,24 @@ def _pinned_threads(n: int | None):
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """Send this process's stdout/stderr, at the file-descriptor level so the kernel subprocess inherits it too,
+    to ``path`` (the point's ``kernel.log``); restored afterwards. Only used in dedicated worker processes."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with open(path, "ab") as log:
+        try:
+            for fd in (1, 2):
+                os.dup2(log.fileno(), fd)
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            for fd, dup in saved.items():
+                os.dup2(dup, fd)
+                os.close(dup)
+
+
 def _atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
@@ -272,14 +302,14 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("status.json", "traceback.txt", "results.json"):
         (folder / stale).unlink(missing_ok=True)
-    _atomic_json(folder / "point.json", {k: task[k] for k in ("id", "notebook", "profile", "overrides")})
+    _atomic_json(folder / "point.json", {**{k: task[k] for k in ("id", "notebook", "profile", "overrides")},
+                                         "code_sha256": notebook_code_hash(task["notebook"])})
     t0 = time.time()
     status: dict[str, Any] = {"id": task["id"], "status": "ok", "error": "", "host": os.uname().nodename,
                               "pid": os.getpid(), "threads": task.get("threads")}
     try:
-        with _pinned_threads(task.get("threads")), open(folder / "kernel.log", "w") as log:
-            with contextlib.redirect_stdout(log):
-                nb.run_notebook(task["notebook"], task["profile"], overrides=task["overrides"], output_dir=folder)
+        with _pinned_threads(task.get("threads")), _output_to(folder / "kernel.log"):
+            nb.run_notebook(task["notebook"], task["profile"], overrides=task["overrides"], output_dir=folder)
         if not (folder / "results.json").exists():
             raise RuntimeError("the notebook ran to the end without writing results.json (no run.save call?)")
     except Exception as e:  # a failing point is recorded, never raised: the other points go on
@@ -426,11 +456,14 @@ def aggregate(spec: str | Path | dict | Sweep, root: str | Path | None = None, *
 
     sw = spec if isinstance(spec, Sweep) else load_sweep(spec)
     folder = sweep_dir(sw, root)
+    code = notebook_code_hash(sw.notebook)
     rows = []
     for p in sw.points:
         pf = folder / p.id
-        base = {"point_id": p.id, "status": "pending", "error": "", "seconds": None,
+        base = {"point_id": p.id, "status": "pending", "error": "", "seconds": None, "code_changed": False,
                 **{k: _cell(p.params.get(k)) for k in sw.varied}}
+        if (pf / "point.json").exists():
+            base["code_changed"] = json.loads((pf / "point.json").read_text()).get("code_sha256") != code
         st = pf / "status.json"
         if st.exists():
             s = json.loads(st.read_text())
@@ -494,6 +527,7 @@ def plot_sweep(sw: Sweep, table, **overrides):
         g.set(xscale="log")
     if p.get("logy"):
         g.set(yscale="log")
+    g.set_axis_labels(p.get("xlabel") or p["x"], p.get("ylabel") or p["y"])
     g.figure.suptitle(p.get("title") or f"{sw.name}: {p['y']} vs {p['x']}", y=1.03)
     return g
 

@@ -161,6 +161,11 @@ def test_failing_point_does_not_stop_the_others_and_is_reported(tiny_nb, tmp_pat
     tb = (failed / "traceback.txt").read_text()
     assert "point asked to fail" in tb and "ValueError" in tb
     assert (failed / "tiny_sweep.ipynb").exists()  # the executed notebook with the error, for debugging
+    assert not rep.table.code_changed.any()
+    book = nbformat.read(tiny_nb, as_version=4)  # editing the notebook's code flags the points computed before
+    book.cells.append(nbformat.v4.new_code_cell("print('changed')"))
+    nbformat.write(book, tiny_nb)
+    assert S.aggregate(spec, root=tmp_path / "out", write=False).code_changed.all()
     csv = pd.read_csv(rep.folder / "sweep.csv")
     assert sorted(csv.status) == sorted(rep.table.status) and (csv.error.fillna("") != "").sum() == 2
     # re-run: finished points are reused; failed ones retried (still failing), unless told not to
