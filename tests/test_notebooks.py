@@ -122,21 +122,23 @@ def test_05_smoke_runs_one_point_of_the_example_sweep(tmp_path):
     assert (out / "figures" / "sweep.png").stat().st_size > 5000
 
 
-def test_05_paper_profile_code_path_with_local_stand_in(tmp_path):
-    """The paper profile's Dask engine (LocalCluster on 127.0.0.1) on a stand-in sweep: 2 cheap points of notebook
-    00's smoke profile instead of notebook 01's SAE width x k grid."""
+def test_05_paper_profile_code_path_with_local_stand_in(tmp_path, tiny_nb):
+    """The paper profile's Dask engine (a LocalCluster on 127.0.0.1, 2 workers) on a stand-in sweep: two points of
+    the tiny test notebook (conftest ``tiny_nb``) instead of notebook 01's SAE width x k grid."""
     pytest.importorskip("distributed")
+    import random
+
     import yaml
 
     sweep = tmp_path / "standin.yaml"
-    sweep.write_text(yaml.safe_dump({"notebook": "00_inside_a_language_model", "profile": "smoke",
-                                     "fixed": {"max_new_tokens": 2, "n_per_set": 6, "max_length": 16,
-                                               "lens_prompts": ["The capital of France is"]},
-                                     "grid": {"pca_depth": [0.2, 0.8]},
-                                     "plot": {"x": "pca_depth", "y": "probe.acc_full", "kind": "point"}}))
+    sweep.write_text(yaml.safe_dump({"notebook": str(tiny_nb), "profile": "smoke", "grid": {"x": [1.0, 2.0]},
+                                     "plot": {"x": "x", "y": "y", "kind": "point"}}))
     res, out = _run("05_sweeps", "paper", tmp_path, sweep_file=str(sweep), sweep_root=str(tmp_path / "sweeps"),
                     show_columns=[])
     m = res["metrics"]
-    assert res["provenance"]["engine"] == "dask" and m["n_points"] == 2 and m["n_ok"] == 2
-    assert set(m["y_by_point"]) == {"pca_depth=0.2", "pca_depth=0.8"}
+    assert res["provenance"]["engine"] == "dask" and res["provenance"]["jobs"] == 2
+    assert m["n_points"] == 2 and m["n_ok"] == 2 and m["ran"] == 2
+    random.seed(0)
+    noise = random.random()
+    assert m["y_by_point"] == pytest.approx({"x=1.0": 3 + noise, "x=2.0": 6 + noise})  # y = x * n(3) + noise
     assert (out / "figures" / "sweep.png").exists()

@@ -1,7 +1,7 @@
 """helpers.sweep: sweep files, bad input, resumable runs, failures, parallel and Dask engines, aggregation.
 
-Most tests drive a tiny test-only notebook (written into tmp_path, with its own params/ folder) whose kernel
-does no real work, so a point costs only papermill + kernel start; ``test_real_notebook_point`` runs notebook 00.
+Most tests drive a tiny test-only notebook (the ``tiny_nb`` fixture of conftest.py, written into tmp_path with
+its own params/ folder) whose kernel does no real work, so a point costs only papermill + kernel start; ``test_real_notebook_point`` runs notebook 00.
 """
 from __future__ import annotations
 
@@ -21,43 +21,6 @@ import yaml
 from helpers import PROJECT_ROOT
 from helpers import notebook as nb
 from helpers import sweep as S
-
-TINY_PARAMS = '''x = 1.0
-n = 2
-fail = False
-write = True
-sleep = 0.0
-words = ["a"]
-profile = "default"
-output_dir = ""
-seed = 0
-'''
-TINY_BODY = '''import json, os, pathlib, random, time
-time.sleep(sleep)
-if fail:
-    raise ValueError(f"point asked to fail at x={x}")
-random.seed(seed)
-metrics = {"y": x * n + random.random(), "x2": x ** 2, "k": n, "threads": int(os.environ.get("OMP_NUM_THREADS", "0")),
-           "nested": {"n_words": len(words)}, "records": [{"word": w, "score": x * i} for i, w in enumerate(words)]}
-if write:
-    out = pathlib.Path(output_dir or ".")
-    (out / "results.json").write_text(json.dumps({"notebook": "tiny_sweep", "profile": profile, "metrics": metrics,
-                                                  "timings": {"total": sleep}, "pid": os.getpid()}))
-'''
-
-
-@pytest.fixture
-def tiny_nb(tmp_path) -> Path:
-    d = tmp_path / "nbs"
-    (d / "params" / "tiny_sweep").mkdir(parents=True)
-    book = nbformat.v4.new_notebook()
-    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    book.cells = [nbformat.v4.new_code_cell(TINY_PARAMS, metadata={"tags": ["parameters"]}),
-                  nbformat.v4.new_code_cell(TINY_BODY)]
-    nbformat.write(book, d / "tiny_sweep.ipynb")
-    (d / "params" / "tiny_sweep" / "smoke.yaml").write_text("n: 3\n")
-    return d / "tiny_sweep.ipynb"
-
 
 def _spec(tiny_nb, **kw):
     return {"name": "tiny", "notebook": str(tiny_nb), "profile": "smoke", "grid": {"x": [1.0, 2.0, 3.0]},
