@@ -8,6 +8,7 @@ A sweep file (``notebooks/sweeps/<name>.yaml``) names a notebook, a base profile
     grid: {d_sae: [512, 1024], k: [8, 16]}  # cartesian product (each value is one value of the parameter)
     points: [{d_sae: 2048, k: 32}]        # optional explicit points, appended to the grid's
     records: null                         # optional: a list-of-records metric to explode into rows
+    warmup: false                         # true: with jobs > 1, run the first pending point alone first
     plot: {x: k, y: variance_explained, hue: d_sae, kind: line}
 
 ``python -m helpers.sweep run notebooks/sweeps/<name>.yaml --jobs 2`` (``make sweep SWEEP=...``) executes every
@@ -57,7 +58,7 @@ ENGINES = ("local", "dask")
 PLOT_KINDS = ("line", "scatter", "point", "bar", "box", "strip")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS")
-_KEYS = {"name", "description", "notebook", "profile", "fixed", "grid", "points", "records", "plot"}
+_KEYS = {"name", "description", "notebook", "profile", "fixed", "grid", "points", "records", "plot", "warmup"}
 
 
 class SweepError(ValueError):
@@ -82,6 +83,7 @@ class Sweep:
     varied: list[str]  # parameter names set by grid / points (the table's parameter columns)
     plot: dict[str, Any]
     records: str | None = None
+    warmup: bool = False  # run the first pending point alone (fills caches the points share) before the rest
     description: str = ""
     path: Path | None = None
 
@@ -214,8 +216,11 @@ def load_sweep(spec: str | Path | dict, *, name: str | None = None) -> Sweep:
     records = data.get("records")
     if records is not None and not isinstance(records, str):
         raise SweepError(f"{where}: 'records' names one list-of-records metric (a string), got {records!r}.")
+    if not isinstance(data.get("warmup", False), bool):
+        raise SweepError(f"{where}: 'warmup' must be true or false, got {data['warmup']!r}.")
     sw = Sweep(name=name or data.get("name") or (path.stem if path else stem), notebook=notebook, profile=profile,
                points=points, varied=varied, plot=dict(data.get("plot") or {}), records=records,
+               warmup=bool(data.get("warmup", False)),
                description=str(data.get("description", "")), path=path)
     _check_plot(sw, where)
     return sw
@@ -306,7 +311,7 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
                                          "code_sha256": notebook_code_hash(task["notebook"])})
     t0 = time.time()
     status: dict[str, Any] = {"id": task["id"], "status": "ok", "error": "", "host": os.uname().nodename,
-                              "pid": os.getpid(), "threads": task.get("threads")}
+                              "pid": os.getpid(), "threads": task.get("threads"), "started": round(t0, 3)}
     try:
         with _pinned_threads(task.get("threads")), _output_to(folder / "kernel.log"):
             nb.run_notebook(task["notebook"], task["profile"], overrides=task["overrides"], output_dir=folder)
@@ -420,9 +425,15 @@ def run_sweep(spec: str | Path | dict | Sweep, *, jobs: int = 1, engine: str = "
         f"(engine={engine}, jobs={jobs}, {threads} threads each) -> {folder}")
     t0 = time.time()
     results = []
-    if todo:
-        results = (_run_local(todo, jobs, progress) if engine == "local"
-                   else _run_dask(todo, jobs, address, progress))
+
+    def launch(tasks, n):
+        return _run_local(tasks, n, progress) if engine == "local" else _run_dask(tasks, n, address, progress)
+
+    if todo and sw.warmup and jobs > 1 and len(todo) > 1:
+        say(f"warmup: point {todo[0]['id']} alone first (it fills the caches the other points share)")
+        results = launch(todo[:1], 1) + launch(todo[1:], jobs)
+    elif todo:
+        results = launch(todo, jobs)
     rep = SweepReport(sweep=sw, folder=folder, table=None, ran=[r["id"] for r in results], skipped=skipped,
                       failed=[r["id"] for r in results if r["status"] != "ok"], wall_s=round(time.time() - t0, 2),
                       engine=engine, jobs=jobs)

@@ -253,3 +253,14 @@ def test_real_notebook_point_through_the_cli(tmp_path):
     assert res["environment"]["threads"] == 1  # torch in the kernel honoured the pinning
     assert res["parameters"]["max_new_tokens"] == 4 and res["profile"] == "smoke"
     assert (tmp_path / "example_00_smoke" / "sweep.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_warmup_runs_the_first_point_alone_before_the_others(tiny_nb, tmp_path):
+    rep = S.run_sweep(_spec(tiny_nb, warmup=True, fixed={"sleep": 0.5}), jobs=2, root=tmp_path / "out",
+                      progress=False)
+    st = [json.loads((rep.folder / p.id / "status.json").read_text()) for p in rep.sweep.points]
+    first_end = st[0]["started"] + st[0]["seconds"]
+    assert all(s["started"] >= first_end for s in st[1:]) and (rep.table.status == "ok").all()
+    with pytest.raises(S.SweepError, match="'warmup' must be true or false"):
+        S.load_sweep(_spec(tiny_nb, warmup="yes"))
