@@ -278,7 +278,7 @@ def _output_to(path: Path):
     to ``path`` (the point's ``kernel.log``); restored afterwards. Only used in dedicated worker processes."""
     sys.stdout.flush(), sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with open(path, "ab") as log:
+    with open(path, "wb") as log:
         try:
             for fd in (1, 2):
                 os.dup2(log.fileno(), fd)
@@ -330,6 +330,17 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+def _worker_died(task: dict, exc: BaseException) -> dict:
+    """Record a point whose worker process died (killed, out of memory, pool broken) as failed."""
+    folder = Path(task["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "traceback.txt").write_text("".join(traceback.format_exception(exc)))
+    status = {"id": task["id"], "status": "failed", "error": f"worker died: {type(exc).__name__}: {exc}"[:500],
+              "host": None, "pid": None, "threads": task.get("threads"), "started": None, "seconds": None}
+    _atomic_json(folder / "status.json", status)
+    return status
+
+
 def _finished(folder: Path) -> bool:
     st = folder / "status.json"
     if not st.exists() or not (folder / "results.json").exists():
@@ -352,10 +363,13 @@ def _run_local(tasks: list[dict], jobs: int, progress: bool) -> list[dict]:
 
     out = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(run_point, t) for t in tasks]
+        futs = {pool.submit(run_point, t): t for t in tasks}
         try:
             for f in tqdm(as_completed(futs), total=len(futs), desc="sweep points", disable=not progress):
-                out.append(f.result())
+                try:
+                    out.append(f.result())
+                except Exception as e:  # the worker process died (BrokenProcessPool): the point is failed
+                    out.append(_worker_died(futs[f], e))
         except KeyboardInterrupt:  # finished points are on disk; the next run resumes from them
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -383,9 +397,13 @@ def _run_dask(tasks: list[dict], jobs: int, address: str | None, progress: bool)
         print(f"[sweep] dask scheduler {client.scheduler.address}, "
               f"{len(client.scheduler_info().get('workers', {}))} workers", file=sys.stderr)
         futs = client.map(run_point, tasks, key=[f"sweep-point-{t['id']}" for t in tasks], pure=False)
+        by_key = {f.key: t for f, t in zip(futs, tasks)}
         out = []
         for f in tqdm(as_completed(futs), total=len(futs), desc="sweep points (dask)", disable=not progress):
-            out.append(f.result())
+            try:
+                out.append(f.result())
+            except Exception as e:  # KilledWorker and the like: the point is failed, the others go on
+                out.append(_worker_died(by_key[f.key], e))
         return out
 
 

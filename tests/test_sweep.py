@@ -264,3 +264,18 @@ def test_warmup_runs_the_first_point_alone_before_the_others(tiny_nb, tmp_path):
     assert all(s["started"] >= first_end for s in st[1:]) and (rep.table.status == "ok").all()
     with pytest.raises(S.SweepError, match="'warmup' must be true or false"):
         S.load_sweep(_spec(tiny_nb, warmup="yes"))
+
+
+@pytest.mark.slow
+def test_a_point_whose_worker_dies_is_reported_and_the_sweep_finishes(tiny_nb, tmp_path):
+    """A kernel that kills its own worker process (as the OOM killer would) breaks the pool: that point and the
+    ones it took down are reported as failed with the reason; the points finished before are kept."""
+    book = nbformat.read(tiny_nb, as_version=4)
+    book.cells.insert(1, nbformat.v4.new_code_cell("import os, signal\nif x == 2.0:\n    os.kill(os.getppid(), signal.SIGKILL)"))
+    nbformat.write(book, tiny_nb)
+    spec = _spec(tiny_nb)
+    rep = S.run_sweep(spec, jobs=1, root=tmp_path / "out", progress=False)
+    t = rep.table.set_index("x")
+    assert t.loc[1.0, "status"] == "ok" and t.loc[2.0, "status"] == "failed"
+    assert t.loc[2.0, "error"].startswith("worker died: BrokenProcessPool")
+    assert (rep.folder / t.loc[2.0, "point_id"] / "traceback.txt").exists()
