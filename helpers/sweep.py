@@ -218,7 +218,10 @@ def load_sweep(spec: str | Path | dict, *, name: str | None = None) -> Sweep:
         raise SweepError(f"{where}: 'records' names one list-of-records metric (a string), got {records!r}.")
     if not isinstance(data.get("warmup", False), bool):
         raise SweepError(f"{where}: 'warmup' must be true or false, got {data['warmup']!r}.")
-    sw = Sweep(name=name or data.get("name") or (path.stem if path else stem), notebook=notebook, profile=profile,
+    name = str(name or data.get("name") or (path.stem if path else stem))
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise SweepError(f"{where}: sweep name {name!r} becomes a folder name; use letters, digits, '_', '-', '.'.")
+    sw = Sweep(name=name, notebook=notebook, profile=profile,
                points=points, varied=varied, plot=dict(data.get("plot") or {}), records=records,
                warmup=bool(data.get("warmup", False)),
                description=str(data.get("description", "")), path=path)

@@ -48,6 +48,8 @@ def _spec(tiny_nb, **kw):
     ({"plot": {"x": "n", "y": "y"}}, r"plot x 'n' is not a parameter varied by the sweep"),
     ({"plot": {"x": "x", "y": "y", "kind": "pie"}}, r"plot kind 'pie' is not one of"),
     ({"plot": {"y": "y"}}, r"needs at least 'x' and 'y'"),
+    ({"name": "../escape"}, r"sweep name '../escape' becomes a folder name"),
+    ({"warmup": "yes"}, r"'warmup' must be true or false"),
 ])
 def test_bad_sweep_fails_before_anything_runs(tiny_nb, tmp_path, change, message):
     spec = _spec(tiny_nb, **change)
