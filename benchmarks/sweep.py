@@ -1,6 +1,6 @@
-"""Sweep benchmark: the same sweep of N smoke points with 1 job, 2 jobs and the Dask engine (2 workers on a
-LocalCluster on 127.0.0.1), as wall-time ratios; and the per-point overhead of papermill + kernel start, measured
-on a notebook whose only cell writes ``results.json``.
+"""Sweep benchmark: the same sweep of N smoke points with 1 job (cores threads per kernel, and 1 thread), 2 jobs
+and the Dask engine (2 workers on a LocalCluster on 127.0.0.1), as wall-time ratios; and the per-point overhead of
+papermill + kernel start, measured on a notebook whose only cell writes ``results.json``.
 
 Every configuration runs into a fresh folder (nothing reused from the cache). The real points are the committed
 example sweep (notebook 00, smoke profile). On a machine shared with other jobs the ratios are pessimistic.
@@ -53,16 +53,23 @@ def point_overhead(n: int = 4) -> dict:
 
 def engines(n_points: int) -> dict:
     out, tables = {}, {}
-    for label, engine, jobs in (("local_1job", "local", 1), ("local_2jobs", "local", 2), ("dask_2workers", "dask", 2)):
+    configs = (("local_1job", "local", 1, None), ("local_1job_1thread", "local", 1, 1), ("local_2jobs", "local", 2, None),
+               ("dask_2workers", "dask", 2, None))
+    for label, engine, jobs, threads in configs:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"[bench] sweep of {n_points} smoke points: {label}")
-            rep = S.run_sweep(EXAMPLE, jobs=jobs, engine=engine, root=tmp, limit=n_points, progress=False)
+            rep = S.run_sweep(EXAMPLE, jobs=jobs, engine=engine, threads=threads, root=tmp, limit=n_points,
+                              progress=False)
             assert not rep.failed, rep.table[["point_id", "error"]]
             tables[label] = rep.table
-            out[label] = {"wall_s": rep.wall_s, "point_s_median": round(float(rep.table.seconds.median()), 1)}
+            out[label] = {"wall_s": rep.wall_s, "point_s_median": round(float(rep.table.seconds.median()), 1),
+                          "threads_per_kernel": threads or max(1, (os.cpu_count() or 1) // jobs)}
     base = out["local_1job"]["wall_s"]
     out["speedup_2jobs_vs_1"] = round(base / out["local_2jobs"]["wall_s"], 2)
     out["speedup_dask_vs_1"] = round(base / out["dask_2workers"]["wall_s"], 2)
+    # the same per-kernel thread count on both sides: the gain of running points side by side, nothing else
+    out["speedup_2jobs_vs_1job_1thread"] = round(out["local_1job_1thread"]["wall_s"] / out["local_2jobs"]["wall_s"], 2)
+    out["dask_overhead_vs_2jobs"] = round(out["dask_2workers"]["wall_s"] / out["local_2jobs"]["wall_s"], 2)
     cols = ["point_id", "probe.acc_full", "probe.acc_pca2", "probe.acc_shuffled"]
     out["same_results_all_engines"] = all(t[cols].round(6).equals(tables["local_1job"][cols].round(6))
                                           for t in tables.values())
