@@ -15,12 +15,13 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 PYTEST_ARGS ?=
 
-.PHONY: help setup data models run test test-fast bench lab clean publish readme $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
+.PHONY: help setup data models run test test-fast bench lab clean publish readme sweep $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
 
 help:
 	@echo "make run    - set up .venv, fetch data, execute every notebook (PROFILE=$(PROFILE)) into outputs/"
 	@echo "make test   - set up, fetch data, run the whole test suite (units, papermill smoke runs, nbval)"
 	@echo "make run-<notebook>, make bench, make lab, make publish-<notebook>, make readme, make clean"
+	@echo "make sweep SWEEP=notebooks/sweeps/<name>.yaml [JOBS=2] [ENGINE=local|dask] - resumable parameter sweep"
 	@echo "notebooks: $(NOTEBOOKS)"
 
 # --- environment -------------------------------------------------------------------------------------
@@ -60,6 +61,15 @@ publish: $(addprefix publish-,$(NOTEBOOKS))
 # rewrite the README's results section from outputs/*/results.json (after `make run`)
 readme: setup
 	$(PY) -m helpers.notebook readme
+
+# --- parameter sweeps (helpers/sweep.py): every point -> outputs/sweeps/<name>/<point-id>/, resumable ----------
+SWEEP  ?=
+JOBS   ?= 1
+ENGINE ?= local
+sweep: data
+	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=notebooks/sweeps/<name>.yaml [JOBS=2] [ENGINE=local|dask]"; \
+	    ls notebooks/sweeps/*.yaml; exit 2; }
+	$(PY) -m helpers.sweep run $(SWEEP) --jobs $(JOBS) --engine $(ENGINE)
 
 # --- tests and benchmarks --------------------------------------------------------------------------------
 test: data

@@ -149,16 +149,19 @@ def load_profile(notebook: str | Path, profile: str) -> dict[str, Any]:
     """Read and validate ``notebooks/params/<notebook>/<profile>.yaml`` (``profile`` is also recorded)."""
     import yaml
 
-    stem = _notebook_path(notebook).stem
-    path = PARAMS_DIR / stem / f"{profile}.yaml"
+    nb_path = _notebook_path(notebook)
+    stem = nb_path.stem
+    # profiles sit in params/<stem>/ beside the notebook (notebooks/params/ for the collection's notebooks)
+    params_dir = PARAMS_DIR if nb_path.parent.resolve() == NOTEBOOKS_DIR.resolve() else nb_path.parent / "params"
+    path = params_dir / stem / f"{profile}.yaml"
     if not path.exists():
-        have = sorted(p.stem for p in (PARAMS_DIR / stem).glob("*.yaml"))
+        have = sorted(p.stem for p in (params_dir / stem).glob("*.yaml"))
         raise FileNotFoundError(f"No profile {profile!r} for {stem}: {path} is missing (profiles: {have}).")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ParameterError(f"{path} must be a mapping of parameter: value, got {type(data).__name__}.")
     data.setdefault("profile", profile)
-    return validate_params(stem, data, source=str(path.relative_to(PROJECT_ROOT)))
+    return validate_params(nb_path, data, source=str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,16 +180,16 @@ def run_notebook(notebook: str | Path, profile: str = "default", *, overrides: d
 
     nb_path = _notebook_path(notebook)
     stem = nb_path.stem
-    params = load_profile(stem, profile)
-    params.update(validate_params(stem, overrides or {}, source="overrides"))
+    params = load_profile(nb_path, profile)
+    params.update(validate_params(nb_path, overrides or {}, source="overrides"))
     out = Path(output_dir) if output_dir else OUTPUTS_DIR / stem
     out.mkdir(parents=True, exist_ok=True)
     params["output_dir"] = str(out.resolve())
-    validate_params(stem, params)
+    validate_params(nb_path, params)
     target = out / f"{stem}.ipynb"
     print(f"[notebook] {stem} profile={profile} -> {target}")
     t0 = time.time()
-    pm.execute_notebook(str(nb_path), str(target), parameters=params, cwd=str(NOTEBOOKS_DIR),
+    pm.execute_notebook(str(nb_path), str(target), parameters=params, cwd=str(nb_path.parent),
                         log_output=log_output, progress_bar=False,
                         kernel_name=kernel_name or "python3", language="python")
     print(f"[notebook] {stem} done in {time.time() - t0:.0f} s")
@@ -397,6 +400,7 @@ README_METRICS = {
                                    "probe.acc_shuffled"],
     "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
     "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups."],
+    "05_sweeps": ["n_points", "n_ok", "n_failed", "y_by_point."],
 }
 #: Record lists in results.json shown as condition x metric tables of means (with CIs).
 README_TABLES = {"02_reasoning_features": ["steering", "word_ban"]}

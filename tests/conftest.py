@@ -41,3 +41,46 @@ def tiny(tiny_llama_dir):
     from helpers.models import load_model
 
     return load_model(str(tiny_llama_dir), dtype="float32")
+
+
+# --- sweeps ---------------------------------------------------------------------------------------------
+TINY_PARAMS = '''x = 1.0
+n = 2
+fail = False
+write = True
+sleep = 0.0
+words = ["a"]
+profile = "default"
+output_dir = ""
+seed = 0
+'''
+TINY_BODY = '''import json, os, pathlib, random, time
+time.sleep(sleep)
+if fail:
+    raise ValueError(f"point asked to fail at x={x}")
+random.seed(seed)
+metrics = {"y": x * n + random.random(), "x2": x ** 2, "k": n, "threads": int(os.environ.get("OMP_NUM_THREADS", "0")),
+           "nested": {"n_words": len(words)}, "records": [{"word": w, "score": x * i} for i, w in enumerate(words)]}
+if write:
+    out = pathlib.Path(output_dir or ".")
+    (out / "results.json").write_text(json.dumps({"notebook": "tiny_sweep", "profile": profile, "metrics": metrics,
+                                                  "timings": {"total": sleep}, "pid": os.getpid()}))
+'''
+
+
+@pytest.fixture
+def tiny_nb(tmp_path):
+    """A test-only notebook for sweeps (helpers.sweep): ``y = x * n + random()``, optional failure / sleep /
+    no results.json, with a ``smoke`` profile (n: 3) in its own params/ folder. A point costs only papermill +
+    kernel start."""
+    import nbformat
+
+    d = tmp_path / "nbs"
+    (d / "params" / "tiny_sweep").mkdir(parents=True)
+    book = nbformat.v4.new_notebook()
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    book.cells = [nbformat.v4.new_code_cell(TINY_PARAMS, metadata={"tags": ["parameters"]}),
+                  nbformat.v4.new_code_cell(TINY_BODY)]
+    nbformat.write(book, d / "tiny_sweep.ipynb")
+    (d / "params" / "tiny_sweep" / "smoke.yaml").write_text("n: 3\n")
+    return d / "tiny_sweep.ipynb"

@@ -106,3 +106,39 @@ def test_02_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
                   n_boot=50, quantile=0.95, batch_size=4)
     assert res["profile"] == "paper" and res["parameters"]["problems_dataset"] == "math500"
     assert res["provenance"]["layer"] == 2 and res["metrics"]["n_selected"] >= 1
+
+
+def test_05_smoke_runs_one_point_of_the_example_sweep(tmp_path):
+    res, out = _run("05_sweeps", "smoke", tmp_path, sweep_root=str(tmp_path / "sweeps"))
+    m = res["metrics"]
+    assert res["profile"] == "smoke" and m["n_points"] == 1 and m["n_ok"] == 1 and m["n_failed"] == 0
+    assert m["ran"] == 1 and m["y"] == "probe.acc_pca2"
+    (acc,) = m["y_by_point"].values()
+    assert 0.5 < acc <= 1.0 and list(m["y_by_point"]) == ["pca_depth=0.25,n_per_set=8"]
+    assert res["provenance"]["notebook"] == "00_inside_a_language_model"
+    (pid,) = res["provenance"]["points"]
+    assert (tmp_path / "sweeps" / "example_00_smoke" / pid / "results.json").exists()
+    assert (tmp_path / "sweeps" / "example_00_smoke" / "sweep.csv").exists()
+    assert (out / "figures" / "sweep.png").stat().st_size > 5000
+
+
+def test_05_paper_profile_code_path_with_local_stand_in(tmp_path, tiny_nb):
+    """The paper profile's Dask engine (a LocalCluster on 127.0.0.1, 2 workers) on a stand-in sweep: two points of
+    the tiny test notebook (conftest ``tiny_nb``) instead of notebook 01's SAE width x k grid."""
+    pytest.importorskip("distributed")
+    import random
+
+    import yaml
+
+    sweep = tmp_path / "standin.yaml"
+    sweep.write_text(yaml.safe_dump({"notebook": str(tiny_nb), "profile": "smoke", "grid": {"x": [1.0, 2.0]},
+                                     "plot": {"x": "x", "y": "y", "kind": "point"}}))
+    res, out = _run("05_sweeps", "paper", tmp_path, sweep_file=str(sweep), sweep_root=str(tmp_path / "sweeps"),
+                    show_columns=[])
+    m = res["metrics"]
+    assert res["provenance"]["engine"] == "dask" and res["provenance"]["jobs"] == 2
+    assert m["n_points"] == 2 and m["n_ok"] == 2 and m["ran"] == 2
+    random.seed(0)
+    noise = random.random()
+    assert m["y_by_point"] == pytest.approx({"x=1.0": 3 + noise, "x=2.0": 6 + noise})  # y = x * n(3) + noise
+    assert (out / "figures" / "sweep.png").exists()
