@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-__all__ = ["barplot", "heatmap", "histplot", "lineplot", "scatter"]
+__all__ = ["barplot", "facet_lineplot", "heatmap", "histplot", "lineplot", "scatter"]
 
 
 def _finish(ax, title: str, xlabel: str, ylabel: str):
@@ -49,3 +49,15 @@ def barplot(data, *, x: str, y: str, hue: str | None = None, title: str, xlabel:
     fig, ax = plt.subplots(figsize=figsize)
     sns.barplot(data=data, x=x, y=y, hue=hue, ax=ax, errorbar=("ci", 95), seed=0)
     return _finish(ax, title, xlabel, ylabel)
+
+
+def facet_lineplot(data, *, x: str, y: str, hue: str, col: str, title: str, xlabel: str, ylabel: str,
+                   logx: bool = False, height: float = 3.2, errorbar=("ci", 95)):
+    """One line panel per value of ``col`` (e.g. concept), hue by ``hue`` (e.g. method); a seaborn FacetGrid."""
+    g = sns.relplot(data=data, x=x, y=y, hue=hue, col=col, kind="line", marker="o", height=height, aspect=1.1,
+                    facet_kws={"sharey": False}, errorbar=errorbar)
+    if logx:
+        g.set(xscale="log")
+    g.set_axis_labels(xlabel, ylabel)
+    g.figure.suptitle(title, fontsize=12, y=1.04)
+    return g.figure

@@ -674,10 +674,14 @@ def select_on_validation(df: "pd.DataFrame", *, group: Sequence[str], options: S
     score among those whose mean perplexity is <= ``ppl_max``; if none qualifies, the most fluent option."""
     agg = df.groupby([*group, *options], dropna=False).agg(score=("score", "mean"), perplexity=("perplexity", "mean"))
     agg = agg.reset_index()
+    agg["score"] = agg["score"].fillna(-np.inf)  # a NaN mean (e.g. every reply empty) never wins
+    agg["perplexity"] = agg["perplexity"].fillna(np.inf)
     best = []
     for _, g in agg.groupby(list(group), dropna=False):
         ok = g[g["perplexity"] <= ppl_max]
-        best.append(ok.loc[ok["score"].idxmax()] if len(ok) else g.loc[g["perplexity"].idxmin()])
+        if not len(ok):
+            ok = g[g["perplexity"] == g["perplexity"].min()]
+        best.append(ok.loc[ok["score"].idxmax()])
     import pandas as pd
 
     return pd.DataFrame(best).reset_index(drop=True)
@@ -718,3 +722,61 @@ def lora_generate(model, tokenizer, pairs: Sequence[tuple[str, str]], prompts: S
     finally:
         peft_model.unload()
     return gens, losses
+
+
+def run_jobs(model, tokenizer, layer: int, concept: Concept, jobs: Sequence[dict], prompts: Sequence[str], *,
+             max_new_tokens: int = 24, batch_size: int = 48, steer_from: str = "last_prompt",
+             progress: bool = True) -> "pd.DataFrame":
+    """Generate for every job x prompt in one batched run and score it (:func:`score_generations`). Each job is a
+    dict with ``vector`` (or None) and ``scale``; its other keys become label columns."""
+    import pandas as pd
+
+    gens = steering_jobs_generate(model, tokenizer, layer, jobs, prompts, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size, steer_from=steer_from, progress=progress)
+    frames = [score_generations(model, tokenizer, concept, prompts, g,
+                                {"concept": concept.name, **{k: v for k, v in job.items() if k != "vector"}})
+              for job, g in zip(jobs, gens)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def rsv_prepare_all(sae, vectors: dict, concepts: dict[str, Concept], explainer, *, threshold: float = 0.3,
+                    n_neighbours: int = 4, chat=None) -> tuple[dict, "pd.DataFrame"]:
+    """SAE-RSV steps 2-3 for every (concept, n, seed) entry of ``vectors`` that has a decomposition, batched so
+    the explainer encodes its corpus twice in all: (1) explain and judge every support latent, (2) find decoder
+    neighbours of the relevant ones, explain and judge those, add the relevant ones. Returns ``{key: RSVParts}``
+    and a tidy table of every judged latent (concept, n_train, seed, latent, role, similarity, explanation)."""
+    import pandas as pd
+
+    keys = [k for k, v in vectors.items() if "rsv_decomposition" in v]
+    explainer.explain(sorted({i for k in keys for i in vectors[k]["rsv_support"]}))
+
+    def judge(concept, latents):
+        c = concepts[concept]
+        return rsv_relevance(explainer.explain(latents), c.description, c.anti_description, threshold=threshold,
+                             chat=chat)
+
+    rel = {c: judge(c, sorted({i for k in keys if k[0] == c for i in vectors[k]["rsv_support"]})) for c in concepts}
+    cands = {}
+    for k in keys:
+        sup = vectors[k]["rsv_support"]
+        kept = [i for i in sup if rel[k[0]][i]["relevant"] is True]
+        cands[k] = rsv_neighbours(sae, kept, n=n_neighbours, exclude=sup)
+    explainer.explain(sorted({j for c in cands.values() for j in c}))
+    cand_rel = {c: judge(c, sorted({j for k in keys if k[0] == c for j in cands[k]})) for c in concepts}
+    parts, rows = {}, []
+    for k in keys:
+        dec, sup = vectors[k]["rsv_decomposition"], vectors[k]["rsv_support"]
+        added = {j: s for j, s in cands[k].items() if cand_rel[k[0]][j]["relevant"] is True}
+        parts[k] = rsv_parts(sae, dec, sup, rel[k[0]], added)
+        for i in sup:
+            role = "kept" if i in parts[k].kept else "removed"
+            rows.append({"concept": k[0], "n_train": k[1], "seed": k[2], "latent": i, "role": role,
+                         "dz": float(dec.dz[i]), "similarity": rel[k[0]][i]["similarity"],
+                         "unparsed": rel[k[0]][i]["relevant"] is None, "explanation": rel[k[0]][i]["explanation"]})
+        for j, (src, cos) in cands[k].items():
+            rows.append({"concept": k[0], "n_train": k[1], "seed": k[2], "latent": j,
+                         "role": "added" if j in added else "candidate (not relevant)", "dz": float(dec.dz[j]),
+                         "similarity": cand_rel[k[0]][j]["similarity"], "unparsed": cand_rel[k[0]][j]["relevant"] is None,
+                         "explanation": cand_rel[k[0]][j]["explanation"],
+                         "found_from": src, "decoder_cos": cos})
+    return parts, pd.DataFrame(rows)

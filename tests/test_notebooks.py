@@ -142,3 +142,71 @@ def test_05_paper_profile_code_path_with_local_stand_in(tmp_path, tiny_nb):
     noise = random.random()
     assert m["y_by_point"] == pytest.approx({"x=1.0": 3 + noise, "x=2.0": 6 + noise})  # y = x * n(3) + noise
     assert (out / "figures" / "sweep.png").exists()
+
+
+def test_03_smoke(tmp_path):
+    res, out = _run("03_steering_refinement", "smoke", tmp_path)
+    m = res["metrics"]
+    assert res["profile"] == "smoke" and m["layer"] == 15 and m["concepts"] == ["science"]
+    methods = {r["method"] for r in m["summary"]}
+    assert methods == {"caa", "probe", "sdcv", "sae_rsv", "lora", "caa (all pairs)"}
+    for r in m["summary"]:
+        assert r["ci_low"] - 1e-9 <= r["score"] <= r["ci_high"] + 1e-9 and r["perplexity"] > 1
+    assert {r["n_train"] for r in m["summary"] if r["method"] == "caa"} == {4, 8}
+    cos = {(r["method"], r["n_train"]): r["cosine"] for r in m["cosine"]}
+    assert all(-1 <= c <= 1 for c in cos.values()) and set(cos) == {(x, n) for x in ("caa", "probe", "sdcv", "sae_rsv") for n in (4, 8)}
+    roles = {r["role"] for r in m["rsv_latents"]}
+    assert roles <= {"kept", "removed", "added", "candidate (not relevant)"} and {"kept", "removed"} & roles
+    assert all(0 <= r["relative_error"] for r in m["decomposition_error"])
+    assert [r["multiplier"] for r in m["ab"]] == [-4.0, 4.0] and all(0 < r["p_match"] < 1 for r in m["ab"])
+    assert {c["method"] for c in m["chosen"]} == {"caa", "probe", "sdcv", "sae_rsv", "caa (all pairs)"}
+    assert set(m["lora_final_loss"]) == {"science/4/0", "science/8/0"}
+    for fig in ("success_vs_n", "success_vs_fluency", "cosine_vs_n"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+    assert (out / "test_generations.csv").exists()
+
+
+def test_03_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_dir):
+    """The paper path on stand-ins: a CAA-format behaviour (A/B metric by method), a random SAELens-layout SAE for
+    Gemma Scope, the tiny Llama for Gemma-2-9B-it, and the LLM relevance judge against a fake OpenAI-compatible
+    server on 127.0.0.1 that answers yes / no / something unparseable."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Judge(BaseHTTPRequestHandler):
+        n = 0
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            type(self).n += 1
+            reply = ["yes", "no", "it depends"][type(self).n % 3]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                         "choices": [{"index": 0, "finish_reason": "stop",
+                                                      "message": {"role": "assistant", "content": reply}}]}).encode())
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        sae_dir = _random_sae_folder(tmp_path / "sae")
+        res, _ = _run("03_steering_refinement", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(sae_dir),
+                      dtype="float32", device="cpu", concepts=["caa:sycophancy"], n_train=[4], seeds=[0], n_pool=8,
+                      n_val=2, n_test=2, reference_n=4, multipliers=[1.0], max_new_tokens=4, rsv_support=6,
+                      rsv_neighbours=2, rsv_alphas=[[1.0, 1.0, 1.0]], explain_docs=12, lora_steps=1, lora_batch=2,
+                      lora_seeds=[0], ab_concept="", ab_items=4, ab_multipliers=[-1.0, 1.0], n_boot=20,
+                      relevance_judge="llm", llm_model="judge", llm_base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1",
+                      sdcv_k=4)
+    finally:
+        srv.shutdown()
+    m = res["metrics"]
+    assert res["profile"] == "paper" and res["provenance"]["layer"] == 2
+    assert {(r["method"], r["multiplier"]) for r in m["ab_by_method"]} == {
+        (x, s) for x in ("caa", "probe", "sdcv", "sae_rsv") for s in (-1.0, 1.0)}
+    unparsed = [r for r in m["rsv_latents"] if r["unparsed"]]
+    assert unparsed and all(r["role"] in ("removed", "candidate (not relevant)") for r in unparsed)
+    assert Judge.n >= 3 and m["ab"] == []
