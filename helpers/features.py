@@ -286,11 +286,12 @@ class LatentExplainer:
         return {int(i): self.cache[int(i)]["description"] for i in latents}
 
 
-def explanation_table(sae_source: str, model, tokenizer, layer: int, *, n_docs: int = 1500, progress: bool = False
-                      ) -> TokenTable:
+def explanation_table(sae_source: str, model, tokenizer, layer: int, *, n_docs: int = 1500, progress: bool = False,
+                      outlier_factor: float = 5.0) -> TokenTable:
     """Token activations to explain latents with: for notebook 01's SAEs (``"01-<profile>"``) the first ``n_docs``
     texts of the SAE's cached training corpus (no new forward passes); otherwise a mixed corpus of ``n_docs`` texts
-    (``helpers.sae.build_corpus``) captured at ``layer`` once and cached on disk."""
+    (``helpers.sae.build_corpus``) captured at ``layer`` once and cached on disk. Outlier-norm tokens are dropped
+    (:func:`drop_outlier_tokens`)."""
     import hashlib
 
     from . import activations as A
@@ -314,5 +315,13 @@ def explanation_table(sae_source: str, model, tokenizer, layer: int, *, n_docs: 
         tag = hashlib.sha256(f"{getattr(model, 'name_or_path', '')}|{layer}|{len(texts)}".encode()).hexdigest()[:12]
         store = A.capture_to_disk(model, tokenizer, texts, [layer], cache_dir() / "activations" / f"explain-{tag}",
                                   max_length=128, store_dtype=torch.float32, progress=progress)
-    docs = torch.arange(n_docs)
-    return TokenTable.from_store(store, layer, docs=docs)
+    table = TokenTable.from_store(store, layer, docs=torch.arange(n_docs))
+    return drop_outlier_tokens(table, factor=outlier_factor)
+
+
+def drop_outlier_tokens(table: TokenTable, factor: float = 5.0) -> TokenTable:
+    """Remove tokens whose residual norm exceeds ``factor`` x the median (rare sink-like tokens, notebook 01): they
+    switch on many latents at once and would become every such latent's "top context"."""
+    n = table.x.norm(dim=-1)
+    keep = n <= factor * n.median()
+    return TokenTable(table.x[keep], table.token_ids[keep], table.doc_index[keep], table.position[keep])

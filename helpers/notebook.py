@@ -400,10 +400,11 @@ README_METRICS = {
                                    "probe.acc_shuffled"],
     "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
     "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups."],
+    "03_steering_refinement": ["layer", "unsteered."],
     "05_sweeps": ["n_points", "n_ok", "n_failed", "y_by_point."],
 }
 #: Record lists in results.json shown as condition x metric tables of means (with CIs).
-README_TABLES = {"02_reasoning_features": ["steering", "word_ban"]}
+README_TABLES = {"02_reasoning_features": ["steering", "word_ban"], "03_steering_refinement": ["readme_gain"]}
 
 
 def readme_results(digits: int = 3) -> str:
