@@ -466,7 +466,15 @@ scoring section sections should show shows simple since single some specific spe
 statement student students such sufficient support supported supporting task text than that the their them
 then there these they thing things this those three through to too topic two under understand understanding
 unless use used uses using vague valid variant variants various very was ways well were what when where which
-while who whole why will with within without word words would write written wrong year zero""".split())
+while who whole why will with within without word words would write written wrong year zero
+acceptable additional address along altogether appear category characteristics clarity consideration considered
+descriptions dimension discussion elaboration error errors excellent extension flaws fluency followed fulfill
+fulfills generally grammar guide higher-order holistic holistically illogical inaccuracies inaccurate
+inappropriate independently insightful involves items judging limited marginal might move necessarily omissions
+open-ended overall particular possibly prior proficient quality range readers received reflect serious
+significant simplistic text-based therefore thinking though unsatisfactory meaning penalize penalise mistakes
+punctuation length short long sentence sentences copy copied copying restate restates restating repeat repeats
+""".split())
 
 
 def _content_words(text: str) -> set[str]:
