@@ -23,7 +23,7 @@ import pandas as pd
 
 __all__ = [
     "DEFAULT_SCAFFOLD", "DEFAULT_SEED_RULES", "Item", "ReadmeInfo", "ScoreResult", "Skill", "apply_edit",
-    "bootstrap_ci", "build_rubric", "build_rubrics", "diagnose_errors", "evaluate", "is_item_specific",
+    "batch_calibrate", "bootstrap_ci", "build_rubric", "build_rubrics", "diagnose_errors", "evaluate", "is_item_specific",
     "load_item", "mean_over_items", "optimize_skill", "parse_edits", "parse_readme", "parse_score", "qwk",
     "rule_diff", "score_responses", "scoring_prompt", "stratified_sample", "split_train",
 ]
@@ -323,6 +323,16 @@ def parse_score(text: str, lo: int, hi: int) -> int | None:
     return None
 
 
+def batch_calibrate(probs: np.ndarray) -> np.ndarray:
+    """Batch calibration (Zhou et al., "Batch Calibration: Rethinking Calibration for In-Context Learning and
+    Prompt Engineering", ICLR 2024, Eq. 6): subtract each label's mean log-probability over the batch of scored
+    responses, removing the prompt's contextual bias toward one label; uses no gold scores."""
+    lp = np.log(np.clip(probs, 1e-12, None))
+    lp = lp - lp.mean(0, keepdims=True)
+    p = np.exp(lp - lp.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
 @dataclass
 class ScoreResult:
     """Predictions for a list of responses; ``pred`` is -1 where the answer could not be parsed."""
@@ -335,15 +345,15 @@ class ScoreResult:
 
 
 def score_responses(backend, info: ReadmeInfo, rubric: str | None, responses: list[str], *,
-                    method: str = "likelihood", decision: str = "expected", response_words: int = 80,
+                    method: str = "likelihood", decision: str = "calibrated", response_words: int = 80,
                     passage_words: int = 120, rubric_words: int = 400, max_tokens: int = 8,
                     progress: bool = False) -> ScoreResult:
     """Score ``responses`` with ``rubric`` (``None``: question only).
 
     ``method="likelihood"``: constrained next-token likelihood over the labels ``lo..hi`` (one forward pass per
     response with the shared prefix's KV cache; local backend). ``decision`` turns the distribution into a
-    score: "argmax" or "expected" (the probability-weighted mean, rounded; the paper is silent, and the
-    expectation uses the whole distribution, which a small model's argmax collapses onto one label).
+    score: "calibrated" (:func:`batch_calibrate`, then argmax: the choice here, since a small model's raw argmax
+    collapses onto one label), "argmax", or "expected" (the probability-weighted mean, rounded).
     ``method="generate"``: greedy generation, parsed by :func:`parse_score`; unparsed replies get ``-1``.
     """
     prefix, template = scoring_prompt(info, rubric, passage_words=passage_words, rubric_words=rubric_words)
@@ -356,10 +366,12 @@ def score_responses(backend, info: ReadmeInfo, rubric: str | None, responses: li
         probs, mass = backend.label_distribution(prefix, suffixes, [str(x) for x in labels], progress=progress)
         if decision == "argmax":
             pred = np.asarray(labels)[probs.argmax(1)]
+        elif decision == "calibrated":
+            pred = np.asarray(labels)[batch_calibrate(probs).argmax(1)]
         elif decision == "expected":
             pred = np.clip(np.floor(probs @ np.asarray(labels, float) + 0.5), labels[0], labels[-1]).astype(int)
         else:
-            raise ValueError(f"decision must be 'argmax' or 'expected', got {decision!r}.")
+            raise ValueError(f"decision must be 'calibrated', 'argmax' or 'expected', got {decision!r}.")
         return ScoreResult(pred=pred.astype(int), parsed=np.ones(len(pred), bool), probs=probs, label_mass=mass)
     if method != "generate":
         raise ValueError(f"method must be 'likelihood' or 'generate', got {method!r}.")

@@ -247,3 +247,14 @@ def test_local_generation_is_cached(smol, tmp_path):
     assert len(out) == 3 and all(isinstance(o, str) and o for o in out)
     assert chat.stats["calls"] == 3
     assert chat.complete("What is 2+2?", max_tokens=6) == out[1] and chat.stats["cached"] == 1
+
+
+def test_batch_calibration_removes_a_shared_label_bias():
+    # every response leans to label 1 by the same factor; the per-response ordering survives calibration
+    raw = np.array([[0.30, 0.60, 0.10], [0.10, 0.60, 0.30], [0.20, 0.70, 0.10]])
+    cal = S.batch_calibrate(raw)
+    assert np.allclose(cal.sum(1), 1) and raw.argmax(1).tolist() == [1, 1, 1]
+    assert cal.argmax(1).tolist() == [0, 2, 1]
+    # calibrated log-probabilities have (up to each row's normaliser) zero mean per label over the batch
+    centred = np.log(cal) - np.log(cal).mean(1, keepdims=True)
+    assert np.allclose(centred.mean(0), 0, atol=1e-9)
