@@ -1,11 +1,11 @@
-"""Run every benchmark: ``python -m benchmarks [name ...]`` (names: foundation, sae)."""
+"""Run every benchmark: ``python -m benchmarks [name ...]`` (names: foundation, sae, scoring)."""
 from __future__ import annotations
 
 import sys
 
-from . import foundation, sae
+from . import foundation, sae, scoring
 
-ALL = {"foundation": foundation.main, "sae": sae.main}
+ALL = {"foundation": foundation.main, "sae": sae.main, "scoring": scoring.main}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(ALL)
