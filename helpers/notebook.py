@@ -397,9 +397,10 @@ README_METRICS = {
                                    "probe.acc_shuffled"],
     "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
     "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups."],
+    "04_scoring_skills": ["model", "optimized_minus_initial_qwk", "accepted_edits", "transfer."],
 }
 #: Record lists in results.json shown as condition x metric tables of means (with CIs).
-README_TABLES = {"02_reasoning_features": ["steering", "word_ban"]}
+README_TABLES = {"02_reasoning_features": ["steering", "word_ban"], "04_scoring_skills": ["summary", "model_choice"]}
 
 
 def readme_results(digits: int = 3) -> str:
