@@ -24,7 +24,7 @@ import pandas as pd
 __all__ = [
     "DEFAULT_SCAFFOLD", "DEFAULT_SEED_RULES", "Item", "ReadmeInfo", "ScoreResult", "Skill", "apply_edit",
     "batch_calibrate", "bootstrap_ci", "build_rubric", "build_rubrics", "diagnose_errors", "evaluate", "is_item_specific",
-    "load_item", "mean_over_items", "optimize_skill", "parse_edits", "parse_readme", "parse_score", "qwk",
+    "load_item", "mean_over_items", "optimize_skill", "optimize_skills", "parse_edits", "parse_readme", "parse_score", "qwk",
     "rule_diff", "score_responses", "scoring_prompt", "stratified_sample", "split_train",
 ]
 
@@ -637,11 +637,17 @@ def rule_diff(a: Skill, b: Skill) -> list[str]:
     return [l for l in difflib.ndiff(list(a.rules), list(b.rules)) if not l.startswith("?")]
 
 
-def optimize_skill(backend, items: list[TrainItem], skill: Skill | None = None, *, iterations: int = 2,
-                   n_candidates: int = 2, patience: int = 1, n_errors: int = 4, max_edits: int = 3,
-                   max_rules: int = 8, min_delta: float = 0.0, diagnosis_max_tokens: int = 120, score_fn: Callable | None = None,
-                   rubric_kw: dict | None = None, score_kw: dict | None = None, seed: int = 0,
-                   reject_infos: list[ReadmeInfo] | None = None, log: Callable = print) -> OptimizationResult:
+def optimize_skill(backend, items: list[TrainItem], skill: Skill | None = None, **kw) -> OptimizationResult:
+    """One optimisation of a skill on ``items`` (see :func:`optimize_skills`, which runs several in lockstep)."""
+    return optimize_skills(backend, {0: items}, skill, **kw)[0]
+
+
+def optimize_skills(backend, runs: dict[Any, list[TrainItem]], skill: Skill | None = None, *, iterations: int = 2,
+                    n_candidates: int = 2, patience: int = 1, n_errors: int = 4, max_edits: int = 3,
+                    max_rules: int = 8, min_delta: float = 0.0, diagnosis_max_tokens: int = 120,
+                    score_fn: Callable | None = None, rubric_kw: dict | None = None, score_kw: dict | None = None,
+                    seed: int = 0, reject_infos: list[ReadmeInfo] | None = None,
+                    log: Callable = print) -> dict[Any, OptimizationResult]:
     """Iteratively refine a skill's rules (the paper's loop; its exact schedule is not available here).
 
     For t = 1..T: build rubrics for the training items with the current skill, score each item's pool, collect
@@ -650,89 +656,118 @@ def optimize_skill(backend, items: list[TrainItem], skill: Skill | None = None, 
     items) are rejected; each remaining edit gives a candidate skill (at most ``n_candidates``); every candidate
     builds rubrics and scores the gate sets; the best candidate replaces the current skill only if its mean
     gate QWK exceeds the current one by more than ``min_delta`` (the validation gate). Stops after
-    ``patience`` iterations without an accepted candidate. ``score_fn(backend, info, rubric, texts)`` ->
-    ``ScoreResult`` (default :func:`score_responses` with ``score_kw``).
+    ``patience`` iterations without an accepted candidate.
+
+    ``runs`` maps a name to the training items of one independent optimisation (e.g. one per item, for the
+    transfer study); all runs advance in lockstep so that each phase's generations (diagnoses, candidate
+    rubrics) go to the backend as one batch. ``score_fn(backend, info, rubric, texts)`` -> ``ScoreResult``
+    (default :func:`score_responses` with ``score_kw``).
     """
     skill = skill or Skill()
     rubric_kw, score_kw = rubric_kw or {}, score_kw or {}
     score_fn = score_fn or (lambda b, info, rub, texts: score_responses(b, info, rub, texts, **score_kw))
-    reject_infos = reject_infos or [it.info for it in items]
+    all_infos = reject_infos or [it.info for items in runs.values() for it in items]
 
-    def run_skill(s: Skill, split: str) -> tuple[float, dict[int, str], dict[int, np.ndarray]]:
-        rubrics = build_rubrics(backend, [(it.info, s, it.examples) for it in items], **rubric_kw)
+    def build(jobs: list[tuple[Any, Skill]]) -> list[dict[int, str]]:
+        """Rubrics for every (run, skill) job in one batch: a dict item -> rubric per job."""
+        reqs = [(it.info, sk, it.examples) for r, sk in jobs for it in runs[r]]
+        flat = iter(build_rubrics(backend, reqs, **rubric_kw))
+        return [{it.info.item: next(flat) for it in runs[r]} for r, _ in jobs]
+
+    def score(r, rubrics: dict[int, str], split: str) -> tuple[float, dict[int, np.ndarray]]:
         q, preds = [], {}
-        for it, rub in zip(items, rubrics):
+        for it in runs[r]:
             df = getattr(it, split)
-            res = score_fn(backend, it.info, rub, df["EssayText"].tolist())
-            p = np.where(res.parsed, res.pred, it.info.score_min)
-            preds[it.info.item] = p
-            q.append(qwk(df["Score1"], p, it.info.score_min, it.info.score_max))
-        return float(np.mean(q)), {it.info.item: r for it, r in zip(items, rubrics)}, preds
+            res = score_fn(backend, it.info, rubrics[it.info.item], df["EssayText"].tolist())
+            preds[it.info.item] = np.where(res.parsed, res.pred, it.info.score_min)
+            q.append(qwk(df["Score1"], preds[it.info.item], it.info.score_min, it.info.score_max))
+        return float(np.mean(q)), preds
 
-    res = OptimizationResult(initial=skill, skill=skill)
-    gate_q, rubrics0, _ = run_skill(skill, "gate")
-    res.rubrics["initial"] = rubrics0
-    stale = 0
+    out = {r: OptimizationResult(initial=skill, skill=skill) for r in runs}
+    current = {r: skill for r in runs}
+    rub0 = build([(r, skill) for r in runs])
+    gate_q = {}
+    for r, rubs in zip(runs, rub0):
+        out[r].rubrics["initial"] = rubs
+        gate_q[r] = score(r, rubs, "gate")[0]
+    stale = {r: 0 for r in runs}
+    active = list(runs)
     for t in range(1, iterations + 1):
-        pool_q, rubrics, preds = run_skill(skill, "pool")
-        errors, confusions = [], {}
-        for it in items:
-            e, c = collect_errors(it.info, rubrics[it.info.item], it.pool, preds[it.info.item],
-                                  max(1, n_errors // len(items)), seed + t)
-            errors += e
-            confusions[it.info.item] = c
-        reply, edits, bad = diagnose_errors(backend, skill, errors, max_edits=max_edits,
-                                            max_tokens=diagnosis_max_tokens)
-        cands, proposals = [], []
-        for e in edits:
-            rec = {"edit": str(e), "status": "candidate"}
-            if e.op != "delete":
-                specific, words = is_item_specific(e.text, reject_infos)
-                if specific:
-                    rec.update(status="rejected: item-specific", words=words)
-                    proposals.append(rec)
-                    continue
-            new = apply_edit(skill, e, max_rules)
-            if new is None:
-                rec["status"] = "rejected: does not apply"
-            elif len(cands) >= n_candidates:
-                rec["status"] = "not tried (candidate budget)"
-            elif any(new == c for c, _ in cands):
-                rec["status"] = "duplicate"
+        if not active:
+            break
+        rubs_now = build([(r, current[r]) for r in active])  # the same prompts as the gate step: cached
+        state = {}
+        for r, rubs in zip(active, rubs_now):
+            pool_q, preds = score(r, rubs, "pool")
+            errors, confusions = [], {}
+            for it in runs[r]:
+                e, c = collect_errors(it.info, rubs[it.info.item], it.pool, preds[it.info.item],
+                                      max(1, n_errors // len(runs[r])), seed + t)
+                errors += e
+                confusions[it.info.item] = c
+            state[r] = {"pool_qwk": pool_q, "errors": errors, "confusions": confusions}
+        need = [r for r in active if state[r]["errors"]]
+        replies = backend.complete_many([diagnosis_prompt(current[r], state[r]["errors"], max_edits) for r in need],
+                                        max_tokens=diagnosis_max_tokens, return_errors=True)
+        replies = dict(zip(need, [x if isinstance(x, str) else "" for x in replies]))
+        jobs = []
+        for r in active:
+            edits, bad = parse_edits(replies.get(r, ""))
+            cands, proposals = [], []
+            infos = reject_infos or [it.info for it in runs[r]]
+            for e in edits:
+                rec = {"edit": str(e), "status": "candidate"}
+                if e.op != "delete":
+                    specific, words = is_item_specific(e.text, infos)
+                    if specific:
+                        rec.update(status="rejected: item-specific", words=words)
+                        proposals.append(rec)
+                        continue
+                new = apply_edit(current[r], e, max_rules)
+                if new is None:
+                    rec["status"] = "rejected: does not apply"
+                elif any(new == c for c, _ in cands):
+                    rec["status"] = "duplicate"
+                elif len(cands) >= n_candidates:
+                    rec["status"] = "not tried (candidate budget)"
+                else:
+                    cands.append((new, rec))
+                    jobs.append((r, new))
+                proposals.append(rec)
+            state[r].update(reply=replies.get(r, ""), edits=edits, bad=bad, cands=cands, proposals=proposals)
+        cand_rubrics = build(jobs)
+        for r in list(active):
+            st = state[r]
+            best, best_q = None, -np.inf
+            for (cand, rec) in st["cands"]:
+                rubs = cand_rubrics[jobs.index((r, cand))]
+                rec["gate_qwk"] = score(r, rubs, "gate")[0]
+                if rec["gate_qwk"] > best_q:
+                    best, best_q = cand, rec["gate_qwk"]
+            accepted = best is not None and best_q > gate_q[r] + min_delta
+            for cand, rec in st["cands"]:
+                rec["status"] = (("accepted" if cand == best else "rejected: not the best") if accepted
+                                 else "rejected: gate (no validation gain)")
+            out[r].history.append({"iteration": t, "rules": list(current[r].rules), "pool_qwk": st["pool_qwk"],
+                                   "gate_qwk": gate_q[r], "diagnosis": st["reply"], "unparsed_lines": len(st["bad"]),
+                                   "proposals": st["proposals"], "confusions": st["confusions"],
+                                   "best_candidate_gate_qwk": None if best is None else best_q,
+                                   "accepted": bool(accepted)})
+            log(f"[{r}] iteration {t}: pool QWK {st['pool_qwk']:.3f}, gate QWK {gate_q[r]:.3f}, "
+                f"{len(st['edits'])} edits ({len(st['bad'])} unparsed lines), {len(st['cands'])} candidates"
+                + (f", best {best_q:.3f} -> {'accepted' if accepted else 'rejected'}" if st["cands"] else ""))
+            if accepted:
+                current[r], gate_q[r], stale[r] = best, best_q, 0
             else:
-                cands.append((new, rec))
-            proposals.append(rec)
-        best, best_q, best_rubrics = None, -np.inf, None
-        for cand, rec in cands:
-            q, rubs, _ = run_skill(cand, "gate")
-            rec["gate_qwk"] = q
-            if q > best_q:
-                best, best_q, best_rubrics = cand, q, rubs
-        accepted = best is not None and best_q > gate_q + min_delta
-        if accepted:
-            for cand, rec in cands:
-                rec["status"] = "accepted" if cand == best else "rejected: not the best"
-        else:
-            for _, rec in cands:
-                rec["status"] = "rejected: gate (no validation gain)"
-        res.history.append({"iteration": t, "rules": list(skill.rules), "pool_qwk": pool_q, "gate_qwk": gate_q,
-                            "diagnosis": reply, "unparsed_lines": len(bad), "proposals": proposals,
-                            "confusions": confusions, "best_candidate_gate_qwk": None if best is None else best_q,
-                            "accepted": bool(accepted)})
-        log(f"iteration {t}: pool QWK {pool_q:.3f}, gate QWK {gate_q:.3f}, {len(edits)} edits "
-            f"({len(bad)} unparsed lines), {len(cands)} candidates"
-            + (f", best {best_q:.3f} -> {'accepted' if accepted else 'rejected'}" if cands else ""))
-        if accepted:
-            skill, gate_q, stale = best, best_q, 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    res.skill = skill
-    res.history.append({"iteration": "final", "rules": list(skill.rules), "gate_qwk": gate_q})
-    final = build_rubrics(backend, [(it.info, skill, it.examples) for it in items], **rubric_kw)
-    res.rubrics["final"] = {it.info.item: r for it, r in zip(items, final)}
-    return res
+                stale[r] += 1
+                if stale[r] >= patience:
+                    active.remove(r)
+    finals = build([(r, current[r]) for r in runs])
+    for r, rubs in zip(runs, finals):
+        out[r].skill = current[r]
+        out[r].rubrics["final"] = rubs
+        out[r].history.append({"iteration": "final", "rules": list(current[r].rules), "gate_qwk": gate_q[r]})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------

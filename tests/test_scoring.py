@@ -148,6 +148,9 @@ class FakeLLM:
     def complete_many(self, batch, **kw):
         out = []
         for p in batch:
+            if "Propose at most" in p:
+                out.append(self.complete(p))
+                continue
             m = re.search(r"Rules:\n(.*?)\n\n", p, re.S)
             out.append(m.group(1) if m else "zero-shot rubric")
         return out
@@ -258,3 +261,18 @@ def test_batch_calibration_removes_a_shared_label_bias():
     # calibrated log-probabilities have (up to each row's normaliser) zero mean per label over the batch
     centred = np.log(cal) - np.log(cal).mean(1, keepdims=True)
     assert np.allclose(centred.mean(0), 0, atol=1e-9)
+
+
+def test_lockstep_runs_batch_their_diagnoses():
+    class Recorder(FakeLLM):
+        batches = []
+
+        def complete_many(self, batch, **kw):
+            type(self).batches.append(sum("Propose at most" in p for p in batch))
+            return super().complete_many(batch, **kw)
+
+    llm = Recorder("ADD: Reward precise answers.")
+    runs = {"a": _train_items(), "b": _train_items()}
+    res = S.optimize_skills(llm, runs, iterations=1, score_fn=_fake_score, log=lambda *a: None)
+    assert set(res) == {"a", "b"} and all(r.history[0]["accepted"] for r in res.values())
+    assert 2 in Recorder.batches  # both runs' diagnoses went out as one batch
