@@ -486,6 +486,8 @@ inappropriate independently insightful involves items judging limited marginal m
 open-ended overall particular possibly prior proficient quality range readers received reflect serious
 significant simplistic text-based therefore thinking though unsatisfactory meaning penalize penalise mistakes
 punctuation length short long sentence sentences copy copied copying restate restates restating repeat repeats
+story stories passage article procedure procedures step steps second third fourth fifth next last reader author
+paragraph table diagram chart graph title character characters trait traits
 """.split())
 
 

@@ -120,12 +120,12 @@ def test_04_smoke(tmp_path):
     assert [r["condition"] for r in m["conditions"]] == ["no rubric", "expert rubric", "zero-shot rubric",
                                                          "initial skill", "optimized skill"]
     for r in m["conditions"]:
-        assert r["n"] == 12 and r["coverage"] == 1.0 and -1 <= r["qwk"] <= 1
+        assert r["n"] == 8 and r["coverage"] == 1.0 and -1 <= r["qwk"] <= 1
         assert r["qwk_ci_low"] <= r["qwk"] + 1e-9 <= r["qwk_ci_high"] + 2e-9
     assert len(m["model_comparison"]) == 1 and m["model_comparison"][0]["model"] == "smollm2-135m-instruct"
     hist = res["optimisation"]["5"]["history"]
     assert hist[0]["iteration"] == 1 and hist[-1]["iteration"] == "final" and "pool_qwk" in hist[0]
-    assert len(res["predictions"]["5"]) == 12
+    assert len(res["predictions"]["5"]) == 8
     for fig in ("optimisation_trace", "conditions_qwk"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
 

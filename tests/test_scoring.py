@@ -114,7 +114,9 @@ def test_item_specific_rules_are_detected():
         assert specific and words, rule
     for rule in ["Give one point for each distinct correct idea the question asks for.",
                  "Do not penalize spelling errors when the meaning is clear.",
-                 "List common misconceptions and give them zero credit."]:
+                 "List common misconceptions and give them zero credit.",
+                 "Include a specific detail from the story that supports the answer.",
+                 "Add a descriptor for each step of the procedure."]:
         assert S.is_item_specific(rule, infos) == (False, []), rule
 
 
