@@ -491,6 +491,12 @@ paragraph table diagram chart graph title character characters trait traits
 """.split())
 
 
+def _generic_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return GENERIC_WORDS | ENGLISH_STOP_WORDS
+
+
 def _content_words(text: str) -> set[str]:
     words = re.findall(r"[a-z][a-z'\-]+", text.lower())
     return {w.strip("'-").removesuffix("'s") for w in words if len(w) >= 4}
@@ -498,16 +504,17 @@ def _content_words(text: str) -> set[str]:
 
 def is_item_specific(rule: str, infos: list[ReadmeInfo], *, min_hits: int = 1) -> tuple[bool, list[str]]:
     """Whether ``rule`` mentions item-specific content: a content word (>= 4 letters, not in
-    :data:`GENERIC_WORDS`) of any item's title, stem, passage or expert rubric, or a quoted phrase / a mention
+    :data:`GENERIC_WORDS` or scikit-learn's English stop words) of any item's title, stem, passage or expert rubric, or a quoted phrase / a mention
     of an item number. ``min_hits`` such words make it specific (1 here: rules must be item-agnostic).
     Returns ``(specific, offending words)``."""
     hits: set[str] = set()
-    rule_words = _content_words(rule)
+    generic = _generic_words()
+    rule_words = _content_words(rule) - generic
     for info in infos:
-        vocab = _content_words(" ".join([info.title, info.stem, info.passage, info.rubric])) - GENERIC_WORDS
+        vocab = _content_words(" ".join([info.title, info.stem, info.passage, info.rubric])) - generic
         vocab |= {w.rstrip("s") for w in vocab} | {w + "s" for w in vocab}
         hits |= {w for w in rule_words if w in vocab or w.rstrip("s") in vocab}
-    hits -= GENERIC_WORDS
+    hits -= generic
     if re.search(r"\b(item|question|data set)\s*#?\d+\b", rule, re.I):
         hits.add("<item number>")
     return len(hits) >= min_hits, sorted(hits)

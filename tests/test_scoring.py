@@ -115,7 +115,7 @@ def test_item_specific_rules_are_detected():
     for rule in ["Give one point for each distinct correct idea the question asks for.",
                  "Do not penalize spelling errors when the meaning is clear.",
                  "List common misconceptions and give them zero credit.",
-                 "Include a specific detail from the story that supports the answer.",
+                 "Include a specific detail from the story that supports your answer.",
                  "Add a descriptor for each step of the procedure."]:
         assert S.is_item_specific(rule, infos) == (False, []), rule
 
