@@ -509,7 +509,8 @@ def is_item_specific(rule: str, infos: list[ReadmeInfo], *, min_hits: int = 1) -
     Returns ``(specific, offending words)``."""
     hits: set[str] = set()
     generic = _generic_words()
-    rule_words = _content_words(rule) - generic
+    rule_words = {w for w in _content_words(rule) if w not in generic and w.removesuffix("s") not in generic
+                  and w.removesuffix("es") not in generic}
     for info in infos:
         vocab = _content_words(" ".join([info.title, info.stem, info.passage, info.rubric])) - generic
         vocab |= {w.rstrip("s") for w in vocab} | {w + "s" for w in vocab}

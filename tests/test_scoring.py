@@ -106,9 +106,10 @@ def test_split_train_stratified_seeded_disjoint():
 
 
 def test_item_specific_rules_are_detected():
-    infos = [S.load_item(n).info for n in (1, 5)]
+    infos = [S.load_item(n).info for n in (1, 5, 7)]
     for rule in ["Give credit when the answer says to use more vinegar.",
                  "Require the words mRNA and codon for full credit.",
+                 "Reward answers that say Rose is hardworking.",
                  "For item 5, accept any four steps."]:
         specific, words = S.is_item_specific(rule, infos)
         assert specific and words, rule
