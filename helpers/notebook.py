@@ -401,10 +401,12 @@ README_METRICS = {
     "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
     "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups."],
     "03_steering_refinement": ["layer", "unsteered."],
+    "04_scoring_skills": ["model", "optimized_minus_initial_qwk", "accepted_edits", "transfer."],
     "05_sweeps": ["n_points", "n_ok", "n_failed", "y_by_point."],
 }
 #: Record lists in results.json shown as condition x metric tables of means (with CIs).
-README_TABLES = {"02_reasoning_features": ["steering", "word_ban"], "03_steering_refinement": ["readme_gain"]}
+README_TABLES = {"02_reasoning_features": ["steering", "word_ban"], "03_steering_refinement": ["readme_gain"],
+                 "04_scoring_skills": ["summary", "model_choice"]}
 
 
 def readme_results(digits: int = 3) -> str:

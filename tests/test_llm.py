@@ -14,12 +14,26 @@ from helpers import llm
 class _Fake(BaseHTTPRequestHandler):
     mode = "ok"
     hits = 0
+    in_flight = 0
+    max_in_flight = 0
+    lock = threading.Lock()
 
     def log_message(self, *a):
         pass
 
     def do_POST(self):
-        type(self).hits += 1
+        cls = type(self)
+        with cls.lock:
+            cls.hits += 1
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            self._answer()
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def _answer(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.mode == "500":
             self.send_response(500)
@@ -28,6 +42,12 @@ class _Fake(BaseHTTPRequestHandler):
             return
         if self.mode == "slow":
             time.sleep(2.0)
+        if self.mode == "busy":  # slow enough that concurrent requests overlap
+            time.sleep(0.3)
+        if self.mode == "flaky" and "fail" in body["messages"][-1]["content"]:
+            self.send_response(503)
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -45,7 +65,7 @@ def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
-    _Fake.mode, _Fake.hits = "ok", 0
+    _Fake.mode, _Fake.hits, _Fake.in_flight, _Fake.max_in_flight = "ok", 0, 0, 0
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
     srv.shutdown()
     srv.server_close()
@@ -88,3 +108,39 @@ def test_feature_explanation_uses_the_endpoint(server, tmp_path):
     ctx = [{"tokens": ["The", "Ġcat", "Ġsat"], "acts": [0, 3.0, 0.1], "peak": 1, "max_act": 3.0}]
     out = F.llm_explanation(ctx, [" dog"], chat)
     assert out.startswith("echo: Here are text snippets")
+
+
+def test_complete_many_runs_concurrently_keeps_order_and_caches(server, tmp_path):
+    _Fake.mode = "busy"
+    chat = llm.OpenAIChat(model="fake", base_url=server, cache_dir=tmp_path, max_retries=0, concurrency=4)
+    prompts = [f"question {i}" for i in range(8)]
+    out = chat.complete_many(prompts)
+    assert out == [f"echo: question {i}" for i in range(8)]
+    assert _Fake.max_in_flight >= 2 and _Fake.max_in_flight <= 4  # overlapping requests, never more than 4
+    assert chat.stats == {"calls": 8, "cached": 0, "errors": 0}
+    assert chat.complete_many(prompts) == out and chat.stats["cached"] == 8 and _Fake.hits == 8
+    assert chat.model_id == f"openai:{server}:fake"
+
+
+def test_complete_many_returns_errors_in_place_when_asked(server, tmp_path):
+    _Fake.mode = "flaky"
+    chat = llm.OpenAIChat(model="fake", base_url=server, cache_dir=tmp_path, max_retries=1, concurrency=2)
+    out = chat.complete_many(["ok 1", "fail 2", "ok 3"], return_errors=True)
+    assert out[0] == "echo: ok 1" and out[2] == "echo: ok 3"
+    assert isinstance(out[1], llm.LLMError) and "InternalServerError" in str(out[1])
+    assert chat.stats["errors"] == 1
+    with pytest.raises(llm.LLMError):
+        chat.complete_many(["fail again"])
+    with pytest.raises(ValueError, match="concurrency"):
+        llm.OpenAIChat(model="fake", base_url=server, concurrency=0)
+
+
+def test_scoring_by_generation_over_http_counts_unparsed(server, tmp_path):
+    """The HTTP backend scores by parsing generated text: the fake server echoes, so nothing parses."""
+    from helpers import scoring as S
+
+    chat = llm.OpenAIChat(model="fake", base_url=server, cache_dir=tmp_path, max_retries=0)
+    info = S.load_item(7).info
+    res = S.score_responses(chat, info, "rubric", ["Rose is kind.", "Rose works hard."], method="generate")
+    assert res.parsed.tolist() == [False, False] and res.raw[0].startswith("echo: You are an experienced teacher")
+    assert S.evaluate([1, 2], res.pred, 0, 2, n_boot=50)["coverage"] == 0.0

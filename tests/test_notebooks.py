@@ -2,7 +2,11 @@
 small local stand-in model. (The committed default-profile notebooks are checked by nbval: `make test`.)"""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -210,3 +214,77 @@ def test_03_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
     unparsed = [r for r in m["rsv_latents"] if r["unparsed"]]
     assert unparsed and all(r["role"] in ("removed", "candidate (not relevant)") for r in unparsed)
     assert Judge.n >= 3 and m["ab"] == []
+
+
+def test_04_smoke(tmp_path):
+    res, out = _run("04_scoring_skills", "smoke", tmp_path)
+    m = res["metrics"]
+    assert res["profile"] == "smoke" and res["parameters"]["items"] == [5]
+    assert res["provenance"]["model"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert [r["condition"] for r in m["conditions"]] == ["no rubric", "expert rubric", "zero-shot rubric",
+                                                         "initial skill", "optimized skill"]
+    for r in m["conditions"]:
+        assert r["n"] == 8 and r["coverage"] == 1.0 and -1 <= r["qwk"] <= 1
+        assert r["qwk_ci_low"] <= r["qwk"] + 1e-9 <= r["qwk_ci_high"] + 2e-9
+    assert len(m["model_comparison"]) == 1 and m["model_comparison"][0]["model"] == "smollm2-135m-instruct"
+    hist = res["optimisation"]["5"]["history"]
+    assert hist[0]["iteration"] == 1 and hist[-1]["iteration"] == "final" and "pool_qwk" in hist[0]
+    assert len(res["predictions"]["5"]) == 8
+    for fig in ("optimisation_trace", "conditions_qwk"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+
+
+class _ScoringServer(BaseHTTPRequestHandler):
+    """A fake OpenAI-compatible endpoint that answers the three prompt kinds of notebook 04 deterministically:
+    scores grow with answer length (so QWK is positive), every 5th score reply is unparseable, rubrics are fixed
+    text, and the diagnosis proposes one generic rule, one item-specific rule and a malformed line."""
+
+    n = 0
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body["messages"][-1]["content"]
+        if "Reply with the score digit only" in text:
+            answer = re.search(r"Student answer:\n(.*)\n\nWhat score", text, re.S).group(1)
+            hi = int(re.search(r"What score \(\d+-(\d+)\)", text).group(1))
+            digest = int(hashlib.sha256(answer.encode()).hexdigest(), 16)
+            reply = "I cannot tell." if digest % 5 == 0 else f"Score: {min(hi, len(answer.split()) // 15)}"
+        elif "Write the rubric now" in text:
+            reply = "Key concepts: the ideas the question asks for.\nScore-level descriptors: more ideas, more points."
+        else:
+            reply = ("ADD: Reward answers that support each claim with evidence.\nADD: Mention the vinegar.\n"
+                     "REVISE R2: Describe each score point from highest to lowest.\nThat is all.")
+        payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                   "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}]}
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(payload).encode())
+
+
+def test_04_paper_profile_against_a_fake_openai_compatible_server(tmp_path):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _ScoringServer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    try:
+        res, out = _run("04_scoring_skills", "paper", tmp_path, items=[1, 7], api_base_url=url, n_pool=8, n_gate=8,
+                        n_eval=20, iterations=2, n_candidates=2, n_boot=100)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    m = res["metrics"]
+    assert res["profile"] == "paper" and res["parameters"]["scoring_method"] == "generate"
+    assert res["provenance"]["backend"] == f"openai:{url}:Qwen/Qwen2.5-7B-Instruct"
+    assert m["model_comparison"] == [] and len(m["conditions"]) == 10
+    cov = [r["coverage"] for r in m["conditions"]]
+    assert all(0.5 < c < 1.0 for c in cov)  # unparseable replies are counted, not dropped
+    assert all(r["n"] == 20 for r in m["conditions"])
+    assert max(r["qwk"] for r in m["conditions"]) > 0.2  # the fake scorer's length signal gets through
+    statuses = {p["edit"]: p["status"] for h in res["optimisation"]["1"]["history"][:-1] for p in h["proposals"]}
+    assert statuses["ADD: Mention the vinegar."] == "rejected: item-specific"
+    assert res["optimisation"]["1"]["history"][0]["unparsed_lines"] == 1
+    assert set(m["transfer"]) == {"1->1", "1->7", "7->1", "7->7"}
+    assert (out / "figures" / "transfer_heatmap.png").exists()
