@@ -5,40 +5,28 @@ Method: each timing is the median of ``REPEATS`` runs after one warm-up, with to
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from helpers import PROJECT_ROOT
 from helpers import activations as A
 from helpers import data
 from helpers.models import load_model
 from helpers.notebook import environment
 
+from .common import OUT, median_time, write_result
+
 REPEATS = 3
-OUT = PROJECT_ROOT / "outputs" / "bench"
-
-
-def _median_time(fn, repeats: int = REPEATS) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def matmul_flops(dtype=torch.float32, n: int = 2048) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    t = _median_time(lambda: a @ b)
+    t = median_time(lambda: a @ b)
     return 2 * n**3 / t
 
 
@@ -79,7 +67,7 @@ def capture_bench(model, tok, texts, seq_len: int, peak: float) -> dict:
             res["a"] = A.capture(model, tok, texts, layers, max_length=seq_len, batch_size=16, stop_early=stop,
                                  progress=False)
 
-        t = _median_time(go)
+        t = median_time(go)
         n_tok = res["a"].n_tokens
         upto = None if not stop else layers[0]
         achieved = forward_flops_per_token(model, seq_len, upto) * n_tok / t
@@ -101,7 +89,7 @@ def dtype_bench(texts, seq_len: int) -> dict:
             res["a"] = A.capture(model, tok, sub, [29], max_length=seq_len, batch_size=16, stop_early=False,
                                  progress=False)
 
-        t = _median_time(go, repeats=1)
+        t = median_time(go, repeats=1)
         out[dt] = {"forward_tokens_per_s": round(res["a"].n_tokens / t, 1)}
     out["bf16_over_fp32"] = round(out["bfloat16"]["forward_tokens_per_s"] / out["float32"]["forward_tokens_per_s"], 2)
     return out
@@ -154,11 +142,7 @@ def main() -> dict:
     res = {"machine": {**environment(), "matmul_gflops_fp32": round(peak32 / 1e9, 1),
                        "matmul_gflops_bf16": round(peak16 / 1e9, 1)},
            "load": loads, "capture": cap, "dtype": dts, "generation": gen}
-    path = OUT / "foundation.json"
-    path.write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
-    print(f"[bench] wrote {path}")
-    return res
+    return write_result("foundation", res)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,18 @@ Writes ``outputs/bench/sae.json``.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from helpers import PROJECT_ROOT
 from helpers import activations as A
 from helpers import sae as S
 from helpers.models import load_model
 
-OUT = PROJECT_ROOT / "outputs" / "bench"
+from .common import OUT, write_result
+
 
 
 def plain_topk_tokens_per_s(x: torch.Tensor, d_sae: int, k: int, batch: int, steps: int) -> float:
@@ -71,9 +70,7 @@ def main() -> dict:
                             "plain_torch_topk_tokens_per_s": round(plain, 1),
                             "saelens_over_plain": round(ours / plain, 2),
                             "note": "sparsify 1.7.0 (PyPI sdist) fails to build here; not compared"}}
-    (OUT / "sae.json").write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
-    return res
+    return write_result("sae", res)
 
 
 if __name__ == "__main__":

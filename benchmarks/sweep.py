@@ -8,7 +8,6 @@ Writes ``outputs/bench/sweep.json``. ``python -m benchmarks sweep``; ``SWEEP_BEN
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -17,9 +16,10 @@ from pathlib import Path
 
 from helpers import PROJECT_ROOT
 from helpers import sweep as S
+
+from .common import OUT, write_result
 from helpers.notebook import environment
 
-OUT = PROJECT_ROOT / "outputs" / "bench"
 EXAMPLE = PROJECT_ROOT / "notebooks" / "sweeps" / "example_00_smoke.yaml"
 NOOP_PARAMS = 'i = 0\nprofile = "default"\noutput_dir = ""\nseed = 0\n'
 NOOP_BODY = ('import json, pathlib\n'
@@ -84,11 +84,7 @@ def main() -> dict:
     res = {"machine": environment(), "overhead": point_overhead(), "engines": engines(n),
            "load_average_1min_at_end": round(os.getloadavg()[0], 2)}
     res["bench_wall_s"] = round(time.time() - t0, 1)
-    path = OUT / "sweep.json"
-    path.write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
-    print(f"[bench] wrote {path}")
-    return res
+    return write_result("sweep", res)
 
 
 if __name__ == "__main__":
