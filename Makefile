@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 NOTEBOOKS := $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.ipynb)))
 PROFILE ?= default
 # Data: $(DATA_MIRROR) if set (a folder or http base laid out <owner>/<repo>/<commit>/<path>); otherwise
-# ../shared/data/github when it exists; otherwise the real GitHub URLs (see helpers/data.py).
+# ../shared/data/github when it exists; otherwise the real GitHub URLs (see helpers/core/data.py).
 export PYTHONHASHSEED := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
@@ -38,42 +38,42 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 data: setup
-	$(PY) -m helpers.data fetch --all
+	$(PY) -m helpers data fetch --all
 
 models: setup  ## dequantize the embedded model once into the cache
-	$(PY) -c "from helpers.models import load_model; load_model('smollm2-135m-instruct')"
+	$(PY) -c "from helpers.core.models import load_model; load_model('smollm2-135m-instruct')"
 
 # --- running notebooks -----------------------------------------------------------------------------------
 run: data
-	@for nb in $(NOTEBOOKS); do $(PY) -m helpers.notebook run $$nb --profile $(PROFILE) || exit 1; done
-	@$(PY) -m helpers.notebook table
+	@for nb in $(NOTEBOOKS); do $(PY) -m helpers notebook run $$nb --profile $(PROFILE) || exit 1; done
+	@$(PY) -m helpers notebook table
 
 $(addprefix run-,$(NOTEBOOKS)): run-%: data
-	$(PY) -m helpers.notebook run $* --profile $(PROFILE)
+	$(PY) -m helpers notebook run $* --profile $(PROFILE)
 
 # re-run a notebook with its default profile and copy the executed notebook over the committed one
 $(addprefix publish-,$(NOTEBOOKS)): publish-%: data
-	$(PY) -m helpers.notebook run $* --profile default
-	$(PY) -m helpers.notebook publish $*
+	$(PY) -m helpers notebook run $* --profile default
+	$(PY) -m helpers notebook publish $*
 
 publish: $(addprefix publish-,$(NOTEBOOKS))
 
 # rewrite the README's results section from outputs/*/results.json (after `make run`)
 readme: setup
-	$(PY) -m helpers.notebook readme
+	$(PY) -m helpers notebook readme
 
-# --- parameter sweeps (helpers/sweep.py): every point -> outputs/sweeps/<name>/<point-id>/, resumable ----------
+# --- parameter sweeps (helpers/harness/sweep.py): every point -> outputs/sweeps/<name>/<point-id>/, resumable ----------
 SWEEP  ?=
 JOBS   ?= 1
 ENGINE ?= local
 sweep: data
 	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=notebooks/sweeps/<name>.yaml [JOBS=2] [ENGINE=local|dask]"; \
 	    ls notebooks/sweeps/*.yaml; exit 2; }
-	$(PY) -m helpers.sweep run $(SWEEP) --jobs $(JOBS) --engine $(ENGINE)
+	$(PY) -m helpers sweep run $(SWEEP) --jobs $(JOBS) --engine $(ENGINE)
 
 # --- tests and benchmarks --------------------------------------------------------------------------------
 test: data
-	$(PY) -m helpers.notebook validate
+	$(PY) -m helpers notebook validate
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 $(PYTEST_ARGS)
 

@@ -1,4 +1,13 @@
-"""usable-xai-notebooks: shared helpers for the notebooks (one module per concept)."""
+"""usable-xai-notebooks: the toolkit behind the notebooks.
+
+* ``helpers.core``: the shared toolkit (models, activations, SAEs, features, steering, judges, LLM clients, stats,
+  text, plots, widgets, data).
+* ``helpers.registry``: registries as data (datasets, models, concepts, artifacts) and one typed loader.
+* ``helpers.studies``: one package per study (``reasoning``, ``steering_refinement``, ``scoring``).
+* ``helpers.harness``: notebooks, sweeps, data fetch/verify, shared artifacts, the command line.
+
+Layers: core imports neither studies nor harness; a study imports only core and registry.
+"""
 from __future__ import annotations
 
 from pathlib import Path

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -268,10 +268,10 @@ def capture_to_disk(model, tokenizer, texts: Sequence[str], layers: int | Sequen
     stopped. ``store_dtype`` float16 halves the disk/RAM footprint (residual values are O(1-100); fp16 keeps
     3 significant digits); pass float32 for exact values.
     """
+    import hashlib
+
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-
-    import hashlib
 
     layers = _check_layers(model, layers)
     texts = list(texts)

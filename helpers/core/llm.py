@@ -29,7 +29,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .models import cache_dir
+from .models import cache_dir as _default_cache_dir
+from .models import load_model, provenance
+from .text import chat_prompt
 
 __all__ = ["ChatBackend", "LLMError", "LocalChat", "OpenAIChat", "make_backend"]
 
@@ -99,7 +101,7 @@ class OpenAIChat:
     timeout: float = 60.0
     max_retries: int = 3
     cache: bool = True
-    cache_dir: Path = field(default_factory=lambda: cache_dir() / "llm")
+    cache_dir: Path = field(default_factory=lambda: _default_cache_dir() / "llm")
     concurrency: int = 4
     stats: dict[str, int] = field(default_factory=lambda: {"calls": 0, "cached": 0, "errors": 0})
 
@@ -196,8 +198,6 @@ class LocalChat:
 
     def __init__(self, model: str | tuple, *, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
                  cache: bool = True, cache_dir: Path | None = None):
-        from .models import load_model, provenance
-
         if isinstance(model, tuple):
             self.model, self.tokenizer = model
         else:
@@ -207,14 +207,14 @@ class LocalChat:
         self.model_id = f"local:{prov.get('name')}:{str(tag)[:16]}:{prov.get('dtype', dtype)}"
         self.provenance = prov
         self.batch_size = int(batch_size)
-        self.cache = _DiskCache(cache_dir or (globals()["cache_dir"]() / "llm-local"), cache)
+        self.cache = _DiskCache(cache_dir or (_default_cache_dir() / "llm-local"), cache)
         self.stats = {"calls": 0, "cached": 0, "errors": 0, "tokens_generated": 0, "forward_tokens": 0}
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     # ---------------------------------------------------------------------------------------- generation
     def _render(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return chat_prompt(self.tokenizer, messages)
 
     def complete(self, messages: list[dict] | str, *, temperature: float = 0.0, max_tokens: int = 256,
                  **params: Any) -> str:

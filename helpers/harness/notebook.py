@@ -14,7 +14,7 @@ Inside a notebook, right after the parameters cell::
     run.savefig(fig, "logit_lens")                            # PNG into the output folder, also shown
     run.save(metrics={...}, provenance={...})                 # results.json beside the executed notebook
 
-From the shell: ``python -m helpers.notebook run 00_inside_a_language_model --profile smoke``.
+From the shell: ``python -m helpers notebook run 00_inside_a_language_model --profile smoke``.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 
 __all__ = [
     "NOTEBOOKS_DIR",
@@ -394,7 +394,7 @@ def results_table(notebooks: list[str] | None = None, digits: int = 3) -> str:
 
 
 #: The metrics the README shows per notebook (prefixes of flattened metric keys); every number in the README
-#: comes from these results files through ``python -m helpers.notebook readme``.
+#: comes from these results files through ``python -m helpers notebook readme``.
 README_METRICS = {
     "00_inside_a_language_model": ["capture.tokens_per_s", "logit_lens.", "probe.acc_full", "probe.acc_pca2",
                                    "probe.acc_shuffled"],
@@ -468,7 +468,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m helpers.notebook", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m helpers notebook", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute a notebook with a profile through papermill")
     r.add_argument("notebook")

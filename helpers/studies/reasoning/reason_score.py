@@ -1,4 +1,4 @@
-"""Reasoning features in SAEs: ReasonScore (Galichin et al. 2025, arXiv 2503.18878) and the tools of its ablations.
+"""Study 1 - reasoning features in SAEs: ReasonScore (Galichin et al. 2025, arXiv 2503.18878) and the tools of its ablations.
 
 The paper ("I Have Covered All the Bases Here: Interpreting Reasoning Features in LLMs via Sparse Autoencoders")
 picks a small vocabulary R of words that reasoning models use when they reflect or hesitate ("wait", "hmm", ...),
@@ -17,10 +17,9 @@ What implements what (equation numbers as in the project brief, Eq. 3-6 of the p
 * :func:`reason_score` (and the streaming :class:`ReasonScoreAccumulator`): Eq. 3 mu(i, D) (mean activation over a
   token set), Eq. 4 p_i(r_j), Eq. 5 normalised entropy H_i, Eq. 6 ReasonScore_i.
 * :func:`select_features`: latents above the q-quantile of ReasonScore.
-* Evaluation of steering / word-ban runs: :func:`extract_numeric_answer`, :func:`answers_match` (GSM8K accuracy),
-  :func:`reflection_word_rate`, :func:`distinct_n`, :func:`repetition_rate` (text statistics),
-  :func:`bootstrap_ci`, :func:`paired_bootstrap_diff` (uncertainty), :func:`ban_logit_bias` (word ban via
-  ``bad_words_ids``) and :func:`random_frequent_words` (the control ban).
+* Evaluation of steering / word-ban runs (other modules of this package): ``answers`` (GSM8K accuracy,
+  reflection-word rate), ``experiments`` (word ban via ``bad_words_ids``, the control ban, the experiments);
+  text statistics in :mod:`helpers.core.text`, intervals in :mod:`helpers.core.stats`.
 
 Choices where the paper is silent (one line each; "code" = the released code):
 
@@ -52,41 +51,22 @@ Choices where the paper is silent (one line each; "code" = the released code):
 * select_features: strictly above ``numpy.quantile(score, q)`` (linear interpolation), NaN scores dropped.
 * Answer extraction: "#### X" first, then the last "answer is X", then the last \\boxed{X}, else the last number.
 * Text statistics split on whitespace and are case-sensitive except :func:`reflection_word_rate` (case-insensitive).
-* Bootstrap: percentile intervals, numpy ``default_rng(seed)``, resampling items (pairs for the paired version).
+* Intervals: :mod:`helpers.core.stats` (BCa bootstrap over problems; pairs resampled together).
 * Control words: top 200 alphabetic whole words (lower-cased, len >= 3, not in R nor a component word of a phrase
   in R, e.g. "let"), sampled without replacement with ``default_rng(seed)``.
 """
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
-from decimal import Decimal, InvalidOperation
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-__all__ = [
-    "PAPER_REASON_TOKENS",
-    "REASONING_WORDS",
-    "ReasonScoreAccumulator",
-    "answers_match",
-    "ban_logit_bias",
-    "bootstrap_ci",
-    "distinct_n",
-    "extract_numeric_answer",
-    "find_word_positions",
-    "paired_bootstrap_diff",
-    "random_frequent_words",
-    "reason_score",
-    "reasoning_token_sequences",
-    "reflection_word_rate",
-    "repetition_rate",
-    "select_features",
-    "window_masks",
-]
+__all__ = ["PAPER_REASON_TOKENS", "REASONING_WORDS", "ReasonScoreAccumulator", "find_word_positions", "reason_score",
+           "reasoning_token_sequences", "select_features", "window_masks"]
 
 #: The paper's reasoning vocabulary R (10 words; "let me" is a phrase).
 REASONING_WORDS: list[str] = ["alternatively", "hmm", "maybe", "wait", "perhaps", "let me", "therefore", "however",
@@ -109,12 +89,12 @@ def _paper_groups() -> dict[str, list[str]]:
     return groups
 
 
-def _word_key(word: str) -> str:
+def word_key(word: str) -> str:
     return " ".join(word.strip().lower().split())
 
 
 def _all_variants(word: str) -> list[str]:
-    low = _word_key(word)
+    low = word_key(word)
     cap = low[:1].upper() + low[1:]
     return [low, " " + low, cap, " " + cap]
 
@@ -122,7 +102,7 @@ def _all_variants(word: str) -> list[str]:
 def _variant_strings(word: str, variants: str) -> list[str]:
     if variants == "paper":
         groups = _paper_groups()
-        return list(groups.get(_word_key(word), _all_variants(word)))
+        return list(groups.get(word_key(word), _all_variants(word)))
     if variants == "all":
         return _all_variants(word)
     raise ValueError(f"variants must be 'paper' or 'all', not {variants!r}")
@@ -141,7 +121,7 @@ def reasoning_token_sequences(tokenizer, words: Sequence[str] = REASONING_WORDS,
     """
     out: dict[str, list[list[int]]] = {}
     for word in words:
-        key = _word_key(word)
+        key = word_key(word)
         seqs = out.setdefault(key, [])
         for s in _variant_strings(word, variants):
             ids = [int(i) for i in tokenizer.encode(s, add_special_tokens=False)]
@@ -378,347 +358,3 @@ def select_features(scores: pd.DataFrame, q: float = 0.997) -> list[int]:
     return [int(i) for i in sel.index]
 
 
-# --------------------------------------------------------------------------------------------------
-# Answers (GSM8K-style)
-# --------------------------------------------------------------------------------------------------
-
-# a minus sign counts only when not preceded by a word character or a closing bracket ("5-3" -> 5, 3)
-_NUM = r"(?:(?<![\w)\]])-)?\$?-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
-_NUM_RE = re.compile(_NUM)
-
-
-def _canon_number(s: str) -> str | None:
-    s = s.replace(",", "").replace("$", "").replace(" ", "")
-    neg = s.count("-") % 2 == 1
-    s = s.replace("-", "")
-    try:
-        d = Decimal(s)
-    except InvalidOperation:
-        return None
-    if not d.is_finite():
-        return None
-    if neg:
-        d = -d
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
-
-
-def _first_number(text: str) -> str | None:
-    m = _NUM_RE.search(text)
-    return _canon_number(m.group(0)) if m else None
-
-
-def _last_number(text: str) -> str | None:
-    ms = _NUM_RE.findall(text)
-    return _canon_number(ms[-1]) if ms else None
-
-
-def _boxed_contents(text: str) -> list[str]:
-    out, i = [], 0
-    while True:
-        i = text.find("\\boxed{", i)
-        if i < 0:
-            return out
-        j, depth = i + len("\\boxed{"), 1
-        k = j
-        while k < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[k], 0)
-            k += 1
-        out.append(text[j:k - 1] if depth == 0 else text[j:])
-        i = k
-
-
-def extract_numeric_answer(text: str) -> str | None:
-    """The final numeric answer of a GSM8K-style solution, as a canonical string ("18", "0.5", "-3"), or None.
-
-    Preference: the number after "####", then after the last "answer is" (or "answer:"), then in the last
-    ``\\boxed{...}``, else the last number in the text. Commas, "$" and a trailing ".0" are dropped.
-    """
-    if not text:
-        return None
-    if "####" in text:
-        n = _first_number(text.split("####")[-1])
-        if n is not None:
-            return n
-    hits = list(re.finditer(r"answer\s*(?:is|:)\s*(?:approximately\s*)?", text, flags=re.IGNORECASE))
-    for m in reversed(hits):
-        n = _first_number(text[m.end():m.end() + 40])
-        if n is not None:
-            return n
-    for box in reversed(_boxed_contents(text)):
-        n = _first_number(box)
-        if n is not None:
-            return n
-    return _last_number(text)
-
-
-def answers_match(pred: str | None, gold: str) -> bool:
-    """True when ``pred`` and ``gold`` are the same number (|diff| <= 1e-6); plain string equality otherwise."""
-    if pred is None or gold is None:
-        return False
-
-    def num(x):
-        c = _canon_number(str(x).strip())
-        if c is None:
-            c = extract_numeric_answer(str(x))
-        try:
-            return float(c) if c is not None else None
-        except ValueError:
-            return None
-
-    a, b = num(pred), num(gold)
-    if a is not None and b is not None:
-        return abs(a - b) <= 1e-6
-    return str(pred).strip() == str(gold).strip()
-
-
-# --------------------------------------------------------------------------------------------------
-# Text statistics of generations
-# --------------------------------------------------------------------------------------------------
-
-def _word_pattern(word: str) -> re.Pattern:
-    parts = [re.escape(p) for p in word.split()]
-    return re.compile(r"(?<![\w'])" + r"\s+".join(parts) + r"(?![\w'])", flags=re.IGNORECASE)
-
-
-def reflection_word_rate(text: str, words: Sequence[str] = REASONING_WORDS) -> float:
-    """Occurrences of the words of R (case-insensitive whole words/phrases) per 100 whitespace-separated words."""
-    n = len(text.split())
-    if n == 0:
-        return 0.0
-    hits = sum(len(_word_pattern(w).findall(text)) for w in words)
-    return 100.0 * hits / n
-
-
-def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
-    toks = text.split()
-    return [tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)]
-
-
-def distinct_n(text: str, n: int = 2) -> float:
-    """Distinct-n: unique n-grams / total n-grams over whitespace tokens (1.0 when the text has no n-gram)."""
-    grams = _ngrams(text, n)
-    return len(set(grams)) / len(grams) if grams else 1.0
-
-
-def repetition_rate(text: str, n: int = 4) -> float:
-    """Fraction of the n-grams that repeat an earlier n-gram of the same text (0.0 when there is no n-gram)."""
-    grams = _ngrams(text, n)
-    if not grams:
-        return 0.0
-    seen, rep = set(), 0
-    for g in grams:
-        rep += g in seen
-        seen.add(g)
-    return rep / len(grams)
-
-
-# --------------------------------------------------------------------------------------------------
-# Uncertainty
-# --------------------------------------------------------------------------------------------------
-
-def _apply_stat(stat: Callable, samples: np.ndarray) -> np.ndarray:
-    try:
-        out = np.asarray(stat(samples, axis=1), dtype=float)
-        if out.shape == (samples.shape[0],):
-            return out
-    except TypeError:
-        pass
-    return np.array([stat(row) for row in samples], dtype=float)
-
-
-def bootstrap_ci(values, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
-                 stat: Callable = np.mean) -> tuple[float, float, float]:
-    """(stat(values), low, high): percentile bootstrap interval over ``n_boot`` resamples of the items (seeded)."""
-    x = np.asarray(values, dtype=float).reshape(-1)
-    if x.size == 0:
-        return (math.nan, math.nan, math.nan)
-    point = float(stat(x))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    boot = _apply_stat(stat, x[idx])
-    lo, hi = np.quantile(boot, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    return point, float(lo), float(hi)
-
-
-def paired_bootstrap_diff(a, b, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a - b) with a percentile bootstrap interval, resampling the paired items together."""
-    a, b = np.asarray(a, dtype=float).reshape(-1), np.asarray(b, dtype=float).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples must have the same length ({a.size} vs {b.size})")
-    return bootstrap_ci(a - b, n_boot=n_boot, ci=ci, seed=seed)
-
-
-# --------------------------------------------------------------------------------------------------
-# Word-ban ablation
-# --------------------------------------------------------------------------------------------------
-
-def ban_logit_bias(tokenizer, words: Sequence[str]) -> list[list[int]]:
-    """Token-id sequences for ``model.generate(..., bad_words_ids=...)`` that forbid every variant of ``words``.
-
-    Variants are those of ``reasoning_token_sequences(..., variants="all")`` (lower/Capitalised, with/without a
-    leading space). For a multi-token sequence ``generate`` forbids its last token after the others, so "let me"
-    bans " me" after " let". A single-token variant without a space may also be a sub-word piece of other words.
-    """
-    seqs = reasoning_token_sequences(tokenizer, words, variants="all")
-    out: list[list[int]] = []
-    for group in seqs.values():
-        for s in group:
-            if s not in out:
-                out.append(list(s))
-    return out
-
-
-def random_frequent_words(tokenizer, corpus_texts: Sequence[str], n: int, *, exclude: Sequence[str] = REASONING_WORDS,
-                          seed: int = 0, top: int = 200) -> list[str]:
-    """``n`` control words drawn (seeded, without replacement) from the ``top`` most frequent words of the corpus.
-
-    Words are lower-cased alphabetic whole words of >= 3 letters, not in ``exclude`` nor a word of a phrase in it
-    (so "let" is excluded with "let me"). ``tokenizer`` is not needed for the draw (kept so that call sites mirror
-    :func:`ban_logit_bias`; pass the result there) and may be None.
-    """
-    banned = set()
-    for w in exclude:
-        banned.add(_word_key(w))
-        banned.update(_word_key(w).split())
-    pat = re.compile(r"(?<![\w'’-])[a-z]+(?![\w'’-])")
-    counts: Counter = Counter()
-    for t in corpus_texts:
-        counts.update(w for w in pat.findall(t.lower()) if len(w) >= 3 and w not in banned)
-    pool = [w for w, _ in counts.most_common(top)]
-    if n > len(pool):
-        raise ValueError(f"asked for {n} words but the corpus offers only {len(pool)} candidates")
-    rng = np.random.default_rng(seed)
-    return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
-
-
-# --------------------------------------------------------------------------------------------------
-# Corpus and experiments for notebook 02
-# --------------------------------------------------------------------------------------------------
-
-COT_SUFFIX = "\nThink step by step, then give the final answer after '####'."
-
-#: The paper's three behavioural groups, each described by the reasoning words that typify it (our mapping).
-GROUPS = {"uncertainty": ["maybe", "perhaps", "hmm"], "exploration": ["alternatively", "another", "but", "however"],
-          "reflection": ["wait", "let me", "therefore"]}
-
-
-def build_reasoning_corpus(n_traces: int, n_solutions: int, *, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Reasoning text for ReasonScore: DeepSeek-R1-distill ``<think>`` traces (the paper's kind of corpus) and GSM8K
-    / MATH-500 worked solutions; returns ``(texts, sources)``. Model-generated chain-of-thought is added by the
-    notebook (it needs the model)."""
-    from . import data
-
-    rng = np.random.default_rng(seed)
-    traces = data.load("r1-traces")["response"].tolist()
-    gsm = data.load("gsm8k-train")
-    sols = [f"{q}\n{a}" for q, a in zip(gsm["question"], gsm["answer"])]
-    m5 = data.load("math500")
-    sols += [f"{q}\n{s}" for q, s in zip(m5["problem"], m5["solution"])]
-    t = [traces[i] for i in rng.choice(len(traces), size=min(n_traces, len(traces)), replace=False)]
-    s = [sols[i] for i in rng.choice(len(sols), size=min(n_solutions, len(sols)), replace=False)]
-    return t + s, ["r1-trace"] * len(t) + ["solution"] * len(s)
-
-
-def group_of(scores_row, words: Sequence[str], groups: Mapping[str, Sequence[str]] = GROUPS,
-             min_enrichment: float = 1.5) -> tuple[str, float]:
-    """The paper group a feature belongs to by its per-word profile ``p_i(r_j)``: each group's *enrichment* is its
-    words' mean share divided by the uniform share 1/|R| (so a group is not favoured for having more words). The
-    best group wins if its enrichment is at least ``min_enrichment``; otherwise the feature is ``"mixed"``.
-    Returns (group, enrichment)."""
-    present = [w for w in words if f"p_{w.replace(' ', '_')}" in scores_row.index]
-    if not present:
-        return "mixed", 0.0
-    uniform = 1.0 / len(present)
-    enrich = {}
-    for g, ws in groups.items():
-        ws = [w for w in ws if w in present]
-        if ws:
-            enrich[g] = float(np.mean([float(scores_row[f"p_{w.replace(' ', '_')}"]) for w in ws])) / uniform
-    g = max(enrich, key=enrich.get)
-    return (g if enrich[g] >= min_enrichment else "mixed"), enrich[g]
-
-
-def generation_metrics(gens, golds: Sequence[str] | None = None) -> "pd.DataFrame":
-    """One row per generation: tokens, hit_limit, answer, correct, reflection rate, distinct-2, repetition."""
-    rows = []
-    for i, g in enumerate(gens):
-        ans = extract_numeric_answer(g.text)
-        rows.append({"item": i, "n_tokens": g.n_tokens, "hit_limit": g.hit_limit, "answer": ans,
-                     "correct": float(answers_match(ans, golds[i])) if golds is not None else np.nan,
-                     "reflection_rate": reflection_word_rate(g.text), "distinct_2": distinct_n(g.text, 2),
-                     "repetition": repetition_rate(g.text, 4), "text": g.text})
-    return pd.DataFrame(rows)
-
-
-def summarize_conditions(df: "pd.DataFrame", metrics: Sequence[str] = ("correct", "n_tokens", "reflection_rate",
-                                                                       "distinct_2", "repetition"),
-                         *, baseline: str = "no steering", n_boot: int = 1000, seed: int = 0) -> "pd.DataFrame":
-    """Per condition and metric: mean with a bootstrap CI, and the paired difference to ``baseline`` with its CI
-    (the same items under every condition)."""
-    rows = []
-    base = df[df.condition == baseline].sort_values("item")
-    for cond, sub in df.groupby("condition", sort=False):
-        sub = sub.sort_values("item")
-        for m in metrics:
-            mean, lo, hi = bootstrap_ci(sub[m].to_numpy(dtype=float), n_boot=n_boot, seed=seed)
-            d, dlo, dhi = (paired_bootstrap_diff(sub[m].to_numpy(dtype=float), base[m].to_numpy(dtype=float),
-                                                 n_boot=n_boot, seed=seed) if len(base) == len(sub) else (np.nan,) * 3)
-            rows.append({"condition": cond, "metric": m, "mean": mean, "ci_low": lo, "ci_high": hi,
-                         "diff_vs_baseline": d, "diff_low": dlo, "diff_high": dhi})
-    return pd.DataFrame(rows)
-
-
-def steering_experiment(model, tokenizer, sae, layer: int, problems: Sequence[str], golds: Sequence[str],
-                        features: Sequence[int], f_max: Mapping[int, float], gammas: Sequence[float], *,
-                        random_features: Sequence[int] = (), max_new_tokens: int = 128, batch_size: int = 8,
-                        steer_prompt: bool = False, progress: bool = True) -> "pd.DataFrame":
-    """Greedy generation on the same problems under: no steering, each feature at each ``gamma`` (vector
-    ``gamma * f_max * W_dec[i]``, Sec. 5 of the paper), and random-feature controls at each non-zero gamma."""
-    from .steering import generate, sae_feature_vector
-
-    prompts = [p + COT_SUFFIX for p in problems]
-    runs = [("no steering", None, 0.0)]
-    runs += [(f"feature {i} γ={g:g}", i, g) for i in features for g in gammas if g != 0]
-    runs += [(f"random {i} γ={g:g}", i, g) for i in random_features for g in gammas if g != 0]
-    frames = []
-    from tqdm.auto import tqdm
-
-    for name, latent, gamma in tqdm(runs, desc="steering conditions", disable=not progress):
-        vec = None if latent is None else sae_feature_vector(sae, latent, f_max[latent], gamma)
-        gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, layer=layer if vec is not None else None,
-                        vector=vec, from_prompt=steer_prompt, batch_size=batch_size)
-        frames.append(generation_metrics(gens, golds).assign(condition=name, latent=latent, gamma=gamma,
-                                                             kind=name.split()[0] if latent is not None else "none"))
-    return pd.concat(frames, ignore_index=True)
-
-
-def word_ban_experiment(model, tokenizer, problems: Sequence[str], golds: Sequence[str], words: Sequence[str],
-                        control_words: Sequence[str], *, max_new_tokens: int = 128, batch_size: int = 8,
-                        progress: bool = True) -> "pd.DataFrame":
-    """Greedy generation with no ban, with every variant of the reasoning words forbidden (``bad_words_ids``), and
-    with an equal number of random frequent words forbidden (control)."""
-    from .steering import generate
-
-    prompts = [p + COT_SUFFIX for p in problems]
-    frames = []
-    for name, ban in (("no ban", None), ("ban reasoning words", ban_logit_bias(tokenizer, words)),
-                      ("ban random words", ban_logit_bias(tokenizer, control_words))):
-        gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, bad_words_ids=ban,
-                        batch_size=batch_size)
-        frames.append(generation_metrics(gens, golds).assign(condition=name))
-    return pd.concat(frames, ignore_index=True)
-
-
-def steering_curve(steer: "pd.DataFrame", metrics: Sequence[str] = ("reflection_rate", "n_tokens", "distinct_2")
-                   ) -> "pd.DataFrame":
-    """Mean of each metric per steered feature and gamma, with the no-steering baseline as every feature's gamma = 0
-    point (tidy: columns feature, gamma, *metrics), for plotting metric-vs-gamma curves."""
-    steered = steer[steer.latent.notna()]
-    curve = steered.groupby(["kind", "latent", "gamma"])[list(metrics)].mean().reset_index()
-    base = steer[steer.latent.isna()][list(metrics)].mean()
-    zero = curve[["kind", "latent"]].drop_duplicates().assign(gamma=0.0, **{m: float(base[m]) for m in metrics})
-    curve = pd.concat([zero, curve], ignore_index=True)
-    curve["feature"] = curve.kind + " " + curve.latent.astype(int).astype(str)
-    return curve.sort_values(["feature", "gamma"]).reset_index(drop=True)

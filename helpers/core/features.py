@@ -13,19 +13,24 @@
 """
 from __future__ import annotations
 
+import hashlib
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 import torch
+
+from . import activations as A
+from .activations import logit_lens
+from .models import cache_dir
+from .sae import build_corpus, encode
 
 __all__ = [
     "DEFAULT_LABELS",
     "TokenTable",
     "decoder_logit_lens",
     "embed",
-    "feature_browser",
     "llm_explanation",
     "render_contexts_html",
     "render_contexts_text",
@@ -61,7 +66,7 @@ class TokenTable:
     position: torch.Tensor  # (n,)
 
     @classmethod
-    def from_store(cls, store, layer: int, docs: torch.Tensor | None = None, skip_first: bool = True) -> "TokenTable":
+    def from_store(cls, store, layer: int, docs: torch.Tensor | None = None, skip_first: bool = True) -> TokenTable:
         x = store.load_all(layer)
         tid, doc, pos = store.load_field("token_ids"), store.load_field("doc_index"), store.load_field("position")
         keep = pos > 0 if skip_first else torch.ones_like(pos, dtype=torch.bool)
@@ -81,7 +86,6 @@ def top_contexts(sae, table: TokenTable, latents: Sequence[int] | None = None, *
                  window: tuple[int, int] = (10, 4), tokenizer=None, min_gap: int = 3) -> dict[int, list[dict]]:
     """For each latent, its ``n`` strongest activations (at most one per ``min_gap`` tokens of the same text)
     with the context ``window`` tokens before/after. Each context: tokens, per-token activation, the peak index."""
-    from .sae import encode
 
     d_sae = sae.W_dec.shape[0]
     latents = list(range(d_sae)) if latents is None else list(latents)
@@ -154,7 +158,6 @@ def render_contexts_html(contexts: list[dict], title: str = "") -> str:
 def decoder_logit_lens(model, sae, latent: int, *, k: int = 10, tokenizer=None) -> dict[str, list[str]]:
     """Tokens the decoder row ``W_dec[latent]`` promotes / suppresses: ``W_U (g * W_dec[latent])``, where ``g`` is the
     final RMSNorm gain (the direction's own scale is irrelevant to the ranking; the gain is not)."""
-    from .activations import logit_lens
 
     direction = sae.W_dec[latent].detach().float()
     norm = getattr(getattr(model, "model", model), "norm", None)
@@ -219,24 +222,6 @@ def static_report(features: dict[int, dict]) -> str:
     return "<hr>".join(parts)
 
 
-def feature_browser(features: dict[int, dict]):
-    """ipywidgets panel: choose a latent, see its label, logit-lens tokens and contexts."""
-    import ipywidgets as w
-    from IPython.display import HTML, display
-
-    pick = w.Dropdown(options=[(f"{i}: {f.get('label', '')}", i) for i, f in features.items()], description="latent")
-    out = w.Output()
-
-    def show(change=None):
-        out.clear_output()
-        with out:
-            display(HTML(static_report({pick.value: features[pick.value]})))
-
-    pick.observe(show, names="value")
-    show()
-    return w.VBox([pick, out])
-
-
 EXPLAIN_PROMPT = """Here are text snippets where one feature of a language model fires. The token in [[double brackets]]
 is where it fires most strongly; the number is the activation.
 
@@ -286,30 +271,14 @@ class LatentExplainer:
         return {int(i): self.cache[int(i)]["description"] for i in latents}
 
 
-def explanation_table(sae_source: str, model, tokenizer, layer: int, *, n_docs: int = 1500, progress: bool = False,
+def explanation_table(model, tokenizer, layer: int, *, store=None, n_docs: int = 1500, progress: bool = False,
                       outlier_factor: float = 5.0) -> TokenTable:
-    """Token activations to explain latents with: for notebook 01's SAEs (``"01-<profile>"``) the first ``n_docs``
-    texts of the SAE's cached training corpus (no new forward passes); otherwise a mixed corpus of ``n_docs`` texts
-    (``helpers.sae.build_corpus``) captured at ``layer`` once and cached on disk. Outlier-norm tokens are dropped
-    (:func:`drop_outlier_tokens`)."""
-    import hashlib
-
-    from . import activations as A
-    from .models import cache_dir
-    from .sae import build_corpus, config_from_params, train_sae
-
-    from pathlib import Path
-
-    store = None
-    if sae_source.startswith("01-"):
-        from .notebook import load_profile, notebook_parameters
-
-        cfg = config_from_params({**notebook_parameters("01_sparse_autoencoders"),
-                                  **load_profile("01_sparse_autoencoders", sae_source[3:])})
-        _, info = train_sae(cfg, model, tokenizer, progress=progress)
-        if (Path(info["activation_store"]) / "meta.json").exists():
-            store = A.ActivationStore(info["activation_store"])
-    if store is None:  # another SAE, or notebook 01's activation cache was deleted
+    """Token activations to explain latents with: the first ``n_docs`` texts of ``store`` (an
+    :class:`~helpers.core.activations.ActivationStore` that already holds block ``layer``, e.g. the SAE's training
+    cache that :func:`helpers.harness.artifacts.resolve_sae` returns: no new forward passes); without a store, a
+    mixed corpus of ``n_docs`` texts (:func:`helpers.core.sae.build_corpus`) captured at ``layer`` once and cached on
+    disk. Outlier-norm tokens are dropped (:func:`drop_outlier_tokens`)."""
+    if store is None:
         third = max(1, n_docs // 3)
         texts, _ = build_corpus(tokenizer, (("nltk", third), ("chat", third), ("reasoning", third)), seed=0)
         tag = hashlib.sha256(f"{getattr(model, 'name_or_path', '')}|{layer}|{len(texts)}".encode()).hexdigest()[:12]
@@ -325,3 +294,4 @@ def drop_outlier_tokens(table: TokenTable, factor: float = 5.0) -> TokenTable:
     n = table.x.norm(dim=-1)
     keep = n <= factor * n.median()
     return TokenTable(table.x[keep], table.token_ids[keep], table.doc_index[keep], table.position[keep])
+

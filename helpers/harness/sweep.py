@@ -11,7 +11,7 @@ A sweep file (``notebooks/sweeps/<name>.yaml``) names a notebook, a base profile
     warmup: false                         # true: with jobs > 1, run the first pending point alone first
     plot: {x: k, y: variance_explained, hue: d_sae, kind: line}
 
-``python -m helpers.sweep run notebooks/sweeps/<name>.yaml --jobs 2`` (``make sweep SWEEP=...``) executes every
+``python -m helpers sweep run notebooks/sweeps/<name>.yaml --jobs 2`` (``make sweep SWEEP=...``) executes every
 point into ``outputs/sweeps/<name>/<point-id>/`` (executed notebook, ``results.json``, ``status.json``, and
 ``traceback.txt`` when it failed). The point id is a hash of the notebook and the point's fully resolved parameters
 (profile + overrides), so a finished point is never recomputed: re-running, or resuming a killed sweep, only runs
@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import PROJECT_ROOT
+from helpers import PROJECT_ROOT
+
 from . import notebook as nb
 
 __all__ = ["ENGINES", "PLOT_KINDS", "Point", "Sweep", "SweepError", "SweepReport", "aggregate", "load_sweep",
@@ -156,7 +157,7 @@ def _read_yaml(path: Path) -> dict:
 
 def load_sweep(spec: str | Path | dict, *, name: str | None = None) -> Sweep:
     """Read and fully validate a sweep (a YAML path or the same mapping): notebook, profile, every point's
-    parameters (names and types, via :func:`helpers.notebook.validate_params`), a non-empty set of points with
+    parameters (names and types, via :func:`helpers.harness.notebook.validate_params`), a non-empty set of points with
     distinct ids, the engine-independent plot section. Raises :class:`SweepError` (or FileNotFoundError for a
     missing file / notebook / profile) before anything runs."""
     path = Path(spec) if not isinstance(spec, dict) else None
@@ -571,7 +572,7 @@ def plot_sweep(sw: Sweep, table, **overrides):
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m helpers.sweep", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m helpers sweep", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) a sweep, then aggregate it into sweep.csv + sweep.png")
     r.add_argument("sweep")

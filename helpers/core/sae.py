@@ -22,22 +22,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from . import activations as A
-from .models import cache_dir
+from . import data
+from .models import cache_dir, hub_reachable, load_model
+from .text import chat_prompt, chunk_text
 
 __all__ = [
     "SAETrainConfig",
     "config_from_params",
     "encode_texts",
-    "resolve_sae",
     "train_or_load",
     "heldout_tokens",
     "build_corpus",
@@ -84,22 +85,6 @@ class SAETrainConfig:
 # Corpus
 # --------------------------------------------------------------------------------------------------
 
-def _chunks(text: str, size: int) -> list[str]:
-    """Split on paragraph / sentence boundaries into pieces of about ``size`` characters."""
-    text = " ".join(text.split())
-    out, start = [], 0
-    while start < len(text):
-        end = min(start + size, len(text))
-        if end < len(text):
-            cut = text.rfind(". ", start + size // 2, end)
-            end = cut + 1 if cut > 0 else end
-        piece = text[start:end].strip()
-        if len(piece) > 40:
-            out.append(piece)
-        start = end
-    return out
-
-
 def build_corpus(tokenizer, sources: Sequence[tuple[str, int]], *, chunk_chars: int = 600, seed: int = 0
                  ) -> tuple[list[str], list[str]]:
     """Mixed SAE training text from ``helpers.data``: returns ``(texts, source_labels)``.
@@ -111,7 +96,6 @@ def build_corpus(tokenizer, sources: Sequence[tuple[str, int]], *, chunk_chars: 
     """
     import random
 
-    from . import data
 
     rng = random.Random(seed)
     texts: list[str] = []
@@ -121,20 +105,19 @@ def build_corpus(tokenizer, sources: Sequence[tuple[str, int]], *, chunk_chars: 
         if source == "nltk":
             for corpus in ("webtext", "state_union", "inaugural", "abc", "movie_reviews"):
                 for t in data.load(f"nltk-{corpus}")["text"]:
-                    pool += _chunks(t, chunk_chars)
+                    pool += chunk_text(t, chunk_chars)
         elif source == "chat":
             qs = (data.load("refusal-harmless-train")["instruction"].tolist()
                   + data.load("advbench")["goal"].tolist() + data.load("truthfulqa")["Question"].tolist())
             rng.shuffle(qs)
-            pool = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                                  tokenize=False) for q in qs[: 2 * n]]
+            pool = [chat_prompt(tokenizer, q) for q in qs[: 2 * n]]
         elif source == "reasoning":
             gsm = data.load("gsm8k-train")
             pool += [f"{q}\n{a}" for q, a in zip(gsm["question"], gsm["answer"])]
             m5 = data.load("math500")
             pool += [f"{q}\n{s}" for q, s in zip(m5["problem"], m5["solution"])]
             for t in data.load("r1-traces")["response"]:
-                pool += _chunks(t, chunk_chars)
+                pool += chunk_text(t, chunk_chars)
         else:
             raise ValueError(f"unknown corpus source {source!r}; use nltk, chat or reasoning.")
         if len(pool) < n:
@@ -241,7 +224,6 @@ def train_sae(cfg: SAETrainConfig, model=None, tokenizer=None, *, progress: bool
     if info_file.exists() and not retrain:
         return load_sae(folder), json.loads(info_file.read_text())
     if model is None:
-        from .models import load_model
 
         model, tokenizer = load_model(cfg.model_name, dtype="float32")
     t0 = time.time()
@@ -291,9 +273,8 @@ def load_sae(name_or_path: str | Path, *, device: str = "cpu"):
         if not (p / "cfg.json").exists():
             raise FileNotFoundError(f"{p} has no cfg.json: not an SAE saved in SAELens layout.")
         return SAE.load_from_disk(str(p), device=device)
-    from .models import _hub_reachable
 
-    if not _hub_reachable():
+    if not hub_reachable():
         raise FileNotFoundError(
             f"Cannot load SAE {str(name_or_path)!r}: it is not a local folder and the Hugging Face hub is unreachable "
             f"(offline, or HF_HUB_OFFLINE=1). Offline, pass a folder in SAELens layout (cfg.json + "
@@ -431,9 +412,7 @@ def train_or_load(sae_source: str, cfg: SAETrainConfig, model, tokenizer, *, pro
     (the corpus) and ``heldout_docs`` (document indices of the held-out texts)."""
     if sae_source == "train":
         sae, info = train_sae(cfg, model, tokenizer, progress=progress)
-        from .activations import ActivationStore
-
-        store = ActivationStore(info["activation_store"])
+        store = A.ActivationStore(info["activation_store"])
         texts, _ = build_corpus(tokenizer, cfg.corpus, chunk_chars=cfg.chunk_chars, seed=cfg.seed)
         held = split_tokens(store, cfg)["heldout_docs"]
         return {"sae": sae, "info": info, "store": store, "layer": cfg.layer, "texts": texts, "heldout_docs": held}
@@ -462,23 +441,6 @@ def config_from_params(p: dict[str, Any]) -> SAETrainConfig:
                           max_length=int(p["max_length"]), seed=int(p["seed"]),
                           corpus=(("nltk", int(p["corpus_nltk"])), ("chat", int(p["corpus_chat"])),
                                   ("reasoning", int(p["corpus_reasoning"]))))
-
-
-def resolve_sae(sae_source: str, model=None, tokenizer=None, *, progress: bool = True):
-    """``"01-default"`` / ``"01-smoke"``: the SAE that notebook 01's profile trains (loaded from the cache, trained
-    there first if absent); anything else goes to :func:`load_sae`. Returns ``(sae, layer)``."""
-    if sae_source.startswith("01-"):
-        from .notebook import load_profile, notebook_parameters
-
-        params = {**notebook_parameters("01_sparse_autoencoders"),
-                  **load_profile("01_sparse_autoencoders", sae_source[3:])}
-        cfg = config_from_params(params)
-        if not (cfg.folder() / "training.json").exists():
-            print(f"[sae] notebook 01's {sae_source[3:]!r} SAE is not cached yet: training it now")
-        sae, _ = train_sae(cfg, model, tokenizer, progress=progress)
-        return sae, cfg.layer
-    sae = load_sae(sae_source)
-    return sae, hook_layer(sae)
 
 
 @torch.no_grad()

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import torch
+
+from .features import embed
+from .llm import LLMError
+from .text import chat_prompt
 
 __all__ = ["JUDGES", "REFUSAL_PHRASES", "completion_perplexity", "embedding_judge", "judge", "llm_judge",
            "refusal_judge", "vader_compound"]
@@ -58,7 +62,6 @@ def refusal_judge(texts: Sequence[str], *, window: int = 120, phrases: Sequence[
 
 def embedding_judge(texts: Sequence[str], description: str, anti_description: str) -> np.ndarray:
     """cos(text, description) - cos(text, anti_description) with all-MiniLM-L6-v2 (offline); 0.0 for ''."""
-    from .features import embed
 
     if not texts:
         return np.zeros(0)
@@ -81,7 +84,6 @@ Answer with one digit."""
 def llm_judge(texts: Sequence[str], description: str, chat) -> tuple[np.ndarray, int]:
     """Online judge: 1-5 ratings from ``chat`` (a ``helpers.llm.OpenAIChat``), mapped to [0, 1]. Returns
     ``(scores, n_unparsed)``; an unparseable reply (no digit 1-5) or a failed call is NaN and counted."""
-    from .llm import LLMError
 
     scores, bad = [], 0
     for t in texts:
@@ -124,8 +126,7 @@ def completion_perplexity(model, tokenizer, prompts: Sequence[str], completions:
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions.")
     rows = []
     for p, c in zip(prompts, completions):
-        head = (tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                              tokenize=False) if chat else p)
+        head = chat_prompt(tokenizer, p) if chat else p
         h = tokenizer(head, add_special_tokens=not chat).input_ids
         t = tokenizer(c, add_special_tokens=False).input_ids
         rows.append((h, t))

@@ -1,0 +1,27 @@
+"""``python -m helpers <command> ...``: one entry point for the harness's command lines.
+
+    python -m helpers notebook run|publish|validate|table|readme ...   (helpers.harness.notebook)
+    python -m helpers sweep run|aggregate ...                          (helpers.harness.sweep)
+    python -m helpers data list|fetch ...                              (helpers.harness.data)
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {"notebook": "helpers.harness.notebook", "sweep": "helpers.harness.sweep", "data": "helpers.harness.data"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

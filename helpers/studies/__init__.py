@@ -1,0 +1,1 @@
+"""The three studies, one package each. A study imports only ``helpers.core`` and ``helpers.registry``."""

@@ -1,0 +1,18 @@
+"""Study 2 - steering refinement (notebook 03): steering vectors from small data, denoised (SDCV, arXiv 2505.15038)
+or refined (SAE-RSV, arXiv 2509.23799) through an SAE, against CAA, a probe and LoRA-SFT.
+
+Modules: ``concepts`` (training examples, prompts, judges per concept), ``baselines`` (LoRA-SFT, A/B read-out),
+``experiment`` (vectors by lookup, batched steered generation, validation choice, paired summaries). The vector
+methods themselves are toolkit code (:mod:`helpers.core.steering`). Notebook: ``from helpers.studies import
+steering_refinement as study``.
+"""
+from helpers.core.steering import VECTOR_METHODS, vector_method  # noqa: F401
+
+from .baselines import *  # noqa: F401,F403
+from .baselines import __all__ as _b
+from .concepts import *  # noqa: F401,F403
+from .concepts import __all__ as _c
+from .experiment import *  # noqa: F401,F403
+from .experiment import __all__ as _e
+
+__all__ = [*_c, *_b, *_e, "VECTOR_METHODS", "vector_method"]
