@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def smol():
     """SmolLM2-135M-Instruct in float32: (model, tokenizer)."""
-    from helpers.models import load_model
+    from helpers.core.models import load_model
 
     return load_model("smollm2-135m-instruct", dtype="float32")
 
@@ -38,7 +38,7 @@ def tiny_llama_dir(tmp_path_factory, smol):
 
 @pytest.fixture(scope="session")
 def tiny(tiny_llama_dir):
-    from helpers.models import load_model
+    from helpers.core.models import load_model
 
     return load_model(str(tiny_llama_dir), dtype="float32")
 

@@ -60,11 +60,11 @@ def _scipy_bootstrap(data: tuple, statistic: Callable, *, paired: bool, n_boot: 
             res = stats.bootstrap(data, statistic, n_resamples=n_boot, confidence_level=level, method=m,
                                   paired=paired, vectorized=True, random_state=np.random.default_rng(seed))
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        draws = np.asarray(res.bootstrap_distribution)
+        if np.all(draws == draws.flat[0]):  # every resample gives the same value: a zero-width interval
+            return float(draws.flat[0]), float(draws.flat[0]), "degenerate", draws
         if math.isfinite(lo) and math.isfinite(hi):
-            return lo, hi, m, np.asarray(res.bootstrap_distribution)
-    draws = np.asarray(res.bootstrap_distribution)
-    if np.all(draws == draws.flat[0]):  # every resample gives the same value: a zero-width interval
-        return float(draws.flat[0]), float(draws.flat[0]), "degenerate", draws
+            return lo, hi, m, draws
     return lo, hi, "percentile", draws
 
 

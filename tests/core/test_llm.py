@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from helpers import llm
+from helpers.core import llm
 
 
 class _Fake(BaseHTTPRequestHandler):
@@ -102,7 +102,7 @@ def test_timeout_and_malformed_json(server, tmp_path):
 
 
 def test_feature_explanation_uses_the_endpoint(server, tmp_path):
-    from helpers import features as F
+    from helpers.core import features as F
 
     chat = llm.OpenAIChat(model="fake", base_url=server, cache_dir=tmp_path, max_retries=0)
     ctx = [{"tokens": ["The", "Ġcat", "Ġsat"], "acts": [0, 3.0, 0.1], "peak": 1, "max_act": 3.0}]
@@ -137,10 +137,10 @@ def test_complete_many_returns_errors_in_place_when_asked(server, tmp_path):
 
 def test_scoring_by_generation_over_http_counts_unparsed(server, tmp_path):
     """The HTTP backend scores by parsing generated text: the fake server echoes, so nothing parses."""
-    from helpers import scoring as S
+    from helpers.studies import scoring as S
 
     chat = llm.OpenAIChat(model="fake", base_url=server, cache_dir=tmp_path, max_retries=0)
     info = S.load_item(7).info
     res = S.score_responses(chat, info, "rubric", ["Rose is kind.", "Rose works hard."], method="generate")
     assert res.parsed.tolist() == [False, False] and res.raw[0].startswith("echo: You are an experienced teacher")
-    assert S.evaluate([1, 2], res.pred, 0, 2, n_boot=50)["coverage"] == 0.0
+    assert S.evaluate([1, 2], res.pred, 0, 2, n_boot=100)["coverage"] == 0.0

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import notebook as nb
+from helpers.harness import notebook as nb
 
 NB00 = "00_inside_a_language_model"
 
@@ -54,10 +54,10 @@ def test_bad_override_fails_before_any_kernel_starts(tmp_path):
 
 
 def test_cli_reports_errors_and_exit_code():
-    r = subprocess.run([sys.executable, "-m", "helpers.notebook", "run", NB00, "--profile", "smoke",
+    r = subprocess.run([sys.executable, "-m", "helpers", "notebook", "run", NB00, "--profile", "smoke",
                         "--set", "n_per_set=abc"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "'n_per_set' must be int" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "helpers.notebook", "validate"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "helpers", "notebook", "validate"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and NB00 in r.stdout
 

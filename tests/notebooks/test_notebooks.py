@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from helpers import notebook as nb
+from helpers.harness import notebook as nb
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import data
-from helpers import scoring as S
+from helpers.core import data, stats
+from helpers.studies import scoring as study
 
 RANGES = {1: 3, 2: 3, 5: 3, 6: 3, 3: 2, 4: 2, 7: 2, 8: 2, 9: 2, 10: 2}
 PASSAGE = {3, 4, 7, 8, 9}
@@ -18,7 +18,7 @@ PASSAGE = {3, 4, 7, 8, 9}
 
 @pytest.mark.parametrize("n", range(1, 11))
 def test_readme_parser_all_items(n):
-    info = S.parse_readme(data.load(f"asap-sas-{n}-readme"), n)
+    info = study.parse_readme(data.load(f"asap-sas-{n}-readme"), n)
     assert (info.item, info.score_min, info.score_max) == (n, 0, RANGES[n])
     assert info.labels == list(range(RANGES[n] + 1))
     assert len(info.stem.split()) >= 10 and "Prompt-" not in info.stem
@@ -26,113 +26,113 @@ def test_readme_parser_all_items(n):
     assert re.search(r"(Score|point)", info.rubric) and not info.rubric.rstrip().endswith("\n1")
     assert info.rubric.splitlines()[-1].strip() != "1"  # the page number is not part of the rubric
     # every gold score in the item's CSVs lies in the parsed range, and each score point occurs
-    item = S.load_item(n)
+    item = study.load_item(n)
     assert set(item.train["Score1"]) == set(info.labels)
 
 
 def test_readme_parser_raw_cp1252_with_cr_line_endings():
     text = data.load("asap-sas-5-readme")
     raw = text.replace("\n", "\r").encode("cp1252")
-    assert S.parse_readme(raw) == S.parse_readme(text)
+    assert study.parse_readme(raw) == study.parse_readme(text)
     crlf = text.replace("\n", "\r\n").encode("cp1252")
-    info = S.parse_readme(crlf)
+    info = study.parse_readme(crlf)
     assert info.title == "Protein Synthesis" and info.stem.startswith("Starting with mRNA leaving the nucleus")
     assert "\u2022 mRNA exits nucleus via nuclear pore." in info.rubric  # the cp1252 bullet decoded
     with pytest.raises(ValueError, match="not item 4"):
-        S.parse_readme(text, 4)
+        study.parse_readme(text, 4)
     with pytest.raises(ValueError, match="Data Set #N"):
-        S.parse_readme("hello\nworld")
+        study.parse_readme("hello\nworld")
 
 
 def test_item_8_passage_between_its_two_prompt_lines():
-    info = S.parse_readme(data.load("asap-sas-8-readme"))
+    info = study.parse_readme(data.load("asap-sas-8-readme"))
     assert info.title == "Mr. Leonard" and info.passage.startswith("Gifts")
     assert info.stem.startswith("During the story, the reader gets background information about Mr. Leonard.")
 
 
 def test_qwk_hand_computed_and_full_range():
-    assert S.qwk([0, 1, 2], [0, 1, 2], 0, 2) == 1.0
+    assert stats.qwk([0, 1, 2], [0, 1, 2], 0, 2) == 1.0
     # O = [[1,1],[0,2]]; E = [[.5,1.5],[.5,1.5]]; 1 - 1/2
-    assert S.qwk([0, 0, 1, 1], [0, 1, 1, 1], 0, 2) == pytest.approx(0.5)
+    assert stats.qwk([0, 0, 1, 1], [0, 1, 1, 1], 0, 2) == pytest.approx(0.5)
     # labels 0..3 with 2 never used: weights (i-j)^2 over the full range -> 1 - 8/13.5
     t, p = [0, 1, 3, 3], [0, 3, 1, 3]
-    assert S.qwk(t, p, 0, 3) == pytest.approx(1 - 8 / 13.5)
+    assert stats.qwk(t, p, 0, 3) == pytest.approx(1 - 8 / 13.5)
     from sklearn.metrics import cohen_kappa_score
 
     assert cohen_kappa_score(t, p, weights="quadratic") == pytest.approx(1 - 2 / 5.5)  # observed labels only
-    assert S.qwk([1, 1, 1], [1, 1, 1], 0, 2) == 1.0 and S.qwk([1, 1, 1], [2, 2, 2], 0, 2) == 0.0
-    assert S.qwk([0, 1, 2, 0], [1, 1, 1, 1], 0, 2) == 0.0  # constant predictions carry no agreement
+    assert stats.qwk([1, 1, 1], [1, 1, 1], 0, 2) == 1.0 and stats.qwk([1, 1, 1], [2, 2, 2], 0, 2) == 0.0
+    assert stats.qwk([0, 1, 2, 0], [1, 1, 1, 1], 0, 2) == 0.0  # constant predictions carry no agreement
 
 
 def test_fast_bootstrap_qwk_matches_sklearn():
     rng = np.random.default_rng(0)
     t, p = rng.integers(0, 4, (50, 30)), rng.integers(0, 4, (50, 30))
     p[:25] = np.clip(t[:25] + rng.integers(-1, 2, (25, 30)), 0, 3)
-    fast = S._qwk_fast(t, p, 0, 3)
-    assert np.allclose(fast, [S.qwk(a, b, 0, 3) for a, b in zip(t, p)])
+    fast = stats._qwk_batch(t, p, 0, 3)
+    assert np.allclose(fast, [stats.qwk(a, b, 0, 3) for a, b in zip(t, p)])
 
 
 def test_evaluate_counts_unparsed_answers():
     gold = [0, 1, 2, 2, 1, 0]
-    m = S.evaluate(gold, [0, None, "x", 2, 1, 7], 0, 2, n_boot=200)
+    m = study.evaluate(gold, [0, None, "x", 2, 1, 7], 0, 2, n_boot=200)
     assert m["n"] == 6 and m["n_unparsed"] == 3 and m["coverage"] == pytest.approx(0.5)
     # unparsed scored as the minimum (0): preds 0,0,0,2,1,0
     assert m["accuracy"] == pytest.approx(4 / 6) and m["mae"] == pytest.approx(3 / 6)
     assert m["qwk_ci_low"] <= m["qwk"] <= m["qwk_ci_high"]
     with pytest.raises(ValueError, match="unparsed_as"):
-        S.evaluate(gold, gold, 0, 2, unparsed_as="drop")
+        study.evaluate(gold, gold, 0, 2, unparsed_as="drop")
 
 
 def test_parse_score():
-    assert S.parse_score("2", 0, 3) == 2 and S.parse_score("Score: 3.", 0, 3) == 3
-    assert S.parse_score("The score is 1 because...", 0, 2) == 1
-    assert S.parse_score("I'd give it 5", 0, 3) is None and S.parse_score("great answer", 0, 3) is None
-    assert S.parse_score("2.5", 0, 3) is None and S.parse_score(None, 0, 3) is None
+    assert study.parse_score("2", 0, 3) == 2 and study.parse_score("Score: 3.", 0, 3) == 3
+    assert study.parse_score("The score is 1 because...", 0, 2) == 1
+    assert study.parse_score("I'd give it 5", 0, 3) is None and study.parse_score("great answer", 0, 3) is None
+    assert study.parse_score("2.5", 0, 3) is None and study.parse_score(None, 0, 3) is None
 
 
 def test_split_train_stratified_seeded_disjoint():
-    df = S.load_item(1).train
-    pool, gate = S.split_train(df, 40, 40, seed=3)
+    df = study.load_item(1).train
+    pool, gate = study.split_train(df, 40, 40, seed=3)
     assert len(pool) == 40 and len(gate) == 40 and not set(pool["Id"]) & set(gate["Id"])
     share = df["Score1"].value_counts(normalize=True)
     for part in (pool, gate):
         got = part["Score1"].value_counts(normalize=True)
         assert all(abs(got.get(k, 0) - v) < 0.08 for k, v in share.items())
-    again = S.split_train(df, 40, 40, seed=3)
+    again = study.split_train(df, 40, 40, seed=3)
     assert again[0]["Id"].tolist() == pool["Id"].tolist()
-    assert S.split_train(df, 40, 40, seed=4)[0]["Id"].tolist() != pool["Id"].tolist()
+    assert study.split_train(df, 40, 40, seed=4)[0]["Id"].tolist() != pool["Id"].tolist()
     with pytest.raises(ValueError, match="exceeds"):
-        S.split_train(df, 1000, 1000, seed=0)
+        study.split_train(df, 1000, 1000, seed=0)
 
 
 def test_item_specific_rules_are_detected():
-    infos = [S.load_item(n).info for n in (1, 5, 7)]
+    infos = [study.load_item(n).info for n in (1, 5, 7)]
     for rule in ["Give credit when the answer says to use more vinegar.",
                  "Require the words mRNA and codon for full credit.",
                  "Reward answers that say Rose is hardworking.",
                  "For item 5, accept any four steps."]:
-        specific, words = S.is_item_specific(rule, infos)
+        specific, words = study.is_item_specific(rule, infos)
         assert specific and words, rule
     for rule in ["Give one point for each distinct correct idea the question asks for.",
                  "Do not penalize spelling errors when the meaning is clear.",
                  "List common misconceptions and give them zero credit.",
                  "Include a specific detail from the story that supports your answer.",
                  "Add a descriptor for each step of the procedure."]:
-        assert S.is_item_specific(rule, infos) == (False, []), rule
+        assert study.is_item_specific(rule, infos) == (False, []), rule
 
 
 def test_parse_and_apply_edits():
-    edits, bad = S.parse_edits("ADD: Accept paraphrases.\nREVISE R2: One descriptor per score.\n- DELETE R3\n"
+    edits, bad = study.parse_edits("ADD: Accept paraphrases.\nREVISE R2: One descriptor per score.\n- DELETE R3\n"
                                "I think the rubric was bad\nREVISE: missing number\n")
     assert [str(e) for e in edits] == ["ADD: Accept paraphrases.", "REVISE R2: One descriptor per score.",
                                        "DELETE R3"]
     assert len(bad) == 2
-    sk = S.Skill(("a", "b", "c"))
-    assert S.apply_edit(sk, edits[0]).rules == ("a", "b", "c", "Accept paraphrases.")
-    assert S.apply_edit(sk, edits[1]).rules == ("a", "One descriptor per score.", "c")
-    assert S.apply_edit(sk, edits[2]).rules == ("a", "b")
-    assert S.apply_edit(sk, S.Edit("delete", 9, "")) is None
-    assert S.apply_edit(S.Skill(tuple("abcd")), edits[0], max_rules=4) is None
+    sk = study.Skill(("a", "b", "c"))
+    assert study.apply_edit(sk, edits[0]).rules == ("a", "b", "c", "Accept paraphrases.")
+    assert study.apply_edit(sk, edits[1]).rules == ("a", "One descriptor per score.", "c")
+    assert study.apply_edit(sk, edits[2]).rules == ("a", "b")
+    assert study.apply_edit(sk, study.Edit("delete", 9, "")) is None
+    assert study.apply_edit(study.Skill(tuple("abcd")), edits[0], max_rules=4) is None
 
 
 class FakeLLM:
@@ -163,19 +163,19 @@ def _fake_score(backend, info, rubric, texts):
     """Perfect scores when the rubric holds the rule 'Reward precise answers.', otherwise a constant."""
     gold = np.array([int(t.split(":")[0]) for t in texts])
     pred = gold if "Reward precise answers." in rubric else np.ones_like(gold)
-    return S.ScoreResult(pred=pred, parsed=np.ones(len(gold), bool))
+    return study.ScoreResult(pred=pred, parsed=np.ones(len(gold), bool))
 
 
 def _train_items():
-    info = S.load_item(1).info
+    info = study.load_item(1).info
     df = pd.DataFrame({"Score1": [0, 1, 2, 3] * 3})
     df["EssayText"] = [f"{s}: answer" for s in df["Score1"]]
-    return [S.TrainItem(info, df, df.copy())]
+    return [study.TrainItem(info, df, df.copy())]
 
 
 def test_validation_gate_accepts_only_improvements():
     llm = FakeLLM("ADD: Penalize vague answers.\nADD: Reward precise answers.\nADD: Mention the vinegar.\nnot an edit")
-    res = S.optimize_skill(llm, _train_items(), iterations=3, n_candidates=3, patience=1, score_fn=_fake_score,
+    res = study.optimize_skill(llm, _train_items(), iterations=3, n_candidates=3, patience=1, score_fn=_fake_score,
                            log=lambda *a: None)
     h = res.history
     assert h[0]["gate_qwk"] == 0.0 and h[0]["accepted"] and h[0]["unparsed_lines"] == 1
@@ -183,7 +183,7 @@ def test_validation_gate_accepts_only_improvements():
     assert status == {"ADD: Penalize vague answers.": "rejected: not the best",
                       "ADD: Reward precise answers.": "accepted",
                       "ADD: Mention the vinegar.": "rejected: item-specific"}
-    assert res.skill.rules == S.DEFAULT_SEED_RULES + ("Reward precise answers.",)
+    assert res.skill.rules == study.DEFAULT_SEED_RULES + ("Reward precise answers.",)
     # iteration 2: nothing beats the perfect gate QWK -> every candidate fails the gate, patience 1 stops
     assert h[1]["iteration"] == 2 and not h[1]["accepted"] and h[1]["gate_qwk"] == 1.0
     assert all(p["status"].startswith(("rejected", "duplicate")) for p in h[1]["proposals"])
@@ -193,13 +193,13 @@ def test_validation_gate_accepts_only_improvements():
 
 def test_validation_gate_rejects_candidates_that_do_not_improve():
     llm = FakeLLM("ADD: Penalize vague answers.\nDELETE R1")
-    res = S.optimize_skill(llm, _train_items(), iterations=2, patience=2, score_fn=_fake_score,
+    res = study.optimize_skill(llm, _train_items(), iterations=2, patience=2, score_fn=_fake_score,
                            log=lambda *a: None)
     assert res.skill == res.initial and len(res.history) == 3
     for h in res.history[:2]:
         assert not h["accepted"] and h["best_candidate_gate_qwk"] == 0.0
         assert {p["status"] for p in h["proposals"]} == {"rejected: gate (no validation gain)"}
-    assert S.rule_diff(res.initial, res.skill) == [f"  {r}" for r in S.DEFAULT_SEED_RULES]
+    assert study.rule_diff(res.initial, res.skill) == [f"  {r}" for r in study.DEFAULT_SEED_RULES]
 
 
 class _GenBackend:
@@ -211,34 +211,34 @@ class _GenBackend:
 
 
 def test_generated_scores_unparsed_are_counted():
-    info = S.load_item(3).info
-    res = S.score_responses(_GenBackend(), info, "rubric", ["a", "b", "c", "d"], method="generate")
+    info = study.load_item(3).info
+    res = study.score_responses(_GenBackend(), info, "rubric", ["a", "b", "c", "d"], method="generate")
     assert res.pred.tolist() == [2, 1, -1, -1] and res.parsed.tolist() == [True, True, False, False]
-    m = S.evaluate([2, 1, 0, 2], res.pred, 0, 2, n_boot=100)
+    m = study.evaluate([2, 1, 0, 2], res.pred, 0, 2, n_boot=100)
     assert m["coverage"] == 0.5 and m["n"] == 4
     with pytest.raises(ValueError, match="local backend"):
-        S.score_responses(_GenBackend(), info, None, ["a"], method="likelihood")
+        study.score_responses(_GenBackend(), info, None, ["a"], method="likelihood")
 
 
 @pytest.mark.slow
 def test_label_likelihood_on_embedded_model_matches_uncached_prefix(smol, tmp_path):
-    from helpers.llm import LocalChat
+    from helpers.core.llm import LocalChat
 
     chat = LocalChat(smol, batch_size=3, cache_dir=tmp_path)
-    info = S.load_item(5).info
+    info = study.load_item(5).info
     texts = ["mRNA leaves the nucleus and goes to the ribosome where tRNA brings amino acids.", "idk",
              "The codons are read in threes and amino acids join into a protein chain until a stop codon.",
              "Protein is made."]
-    res = S.score_responses(chat, info, info.rubric, texts)
+    res = study.score_responses(chat, info, info.rubric, texts)
     assert res.probs.shape == (4, 4) and np.allclose(res.probs.sum(1), 1) and (res.probs >= 0).all()
     assert ((res.label_mass > 0) & (res.label_mass <= 1)).all()
     assert set(res.pred) <= set(info.labels)
-    prefix, tmpl = S.scoring_prompt(info, info.rubric)
+    prefix, tmpl = study.scoring_prompt(info, info.rubric)
     sufs = [tmpl.format(response=t) for t in texts]
     ref, ref_mass = chat.label_distribution(prefix, sufs, ["0", "1", "2", "3"], reuse_prefix=False)
     assert np.allclose(res.probs, ref, atol=1e-4) and np.allclose(res.label_mass, ref_mass, rtol=1e-3)
     calls = chat.stats["calls"]
-    again = S.score_responses(chat, info, info.rubric, texts)  # from the disk cache
+    again = study.score_responses(chat, info, info.rubric, texts)  # from the disk cache
     assert chat.stats["calls"] == calls and np.array_equal(again.pred, res.pred)
     with pytest.raises(ValueError, match="single-token"):
         chat.label_distribution(prefix, sufs[:1], ["10", "11"])
@@ -246,7 +246,7 @@ def test_label_likelihood_on_embedded_model_matches_uncached_prefix(smol, tmp_pa
 
 @pytest.mark.slow
 def test_local_generation_is_cached(smol, tmp_path):
-    from helpers.llm import LocalChat
+    from helpers.core.llm import LocalChat
 
     chat = LocalChat(smol, batch_size=2, cache_dir=tmp_path)
     out = chat.complete_many(["Say hello.", "What is 2+2?", "Name a colour."], max_tokens=6)
@@ -258,7 +258,7 @@ def test_local_generation_is_cached(smol, tmp_path):
 def test_batch_calibration_removes_a_shared_label_bias():
     # every response leans to label 1 by the same factor; the per-response ordering survives calibration
     raw = np.array([[0.30, 0.60, 0.10], [0.10, 0.60, 0.30], [0.20, 0.70, 0.10]])
-    cal = S.batch_calibrate(raw)
+    cal = study.batch_calibrate(raw)
     assert np.allclose(cal.sum(1), 1) and raw.argmax(1).tolist() == [1, 1, 1]
     assert cal.argmax(1).tolist() == [0, 2, 1]
     # calibrated log-probabilities have (up to each row's normaliser) zero mean per label over the batch
@@ -276,6 +276,6 @@ def test_lockstep_runs_batch_their_diagnoses():
 
     llm = Recorder("ADD: Reward precise answers.")
     runs = {"a": _train_items(), "b": _train_items()}
-    res = S.optimize_skills(llm, runs, iterations=1, score_fn=_fake_score, log=lambda *a: None)
+    res = study.optimize_skills(llm, runs, iterations=1, score_fn=_fake_score, log=lambda *a: None)
     assert set(res) == {"a", "b"} and all(r.history[0]["accepted"] for r in res.values())
     assert 2 in Recorder.batches  # both runs' diagnoses went out as one batch

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from helpers import PROJECT_ROOT
-from helpers import data as D
+from helpers.core import data as D
 
 SHARED = PROJECT_ROOT.parent / "shared" / "data"
 MIRROR = SHARED / "github"
@@ -319,7 +319,7 @@ def test_unknown_name_suggests_close_matches() -> None:
         D.spec("gsm8")
     err = exc.value
     assert isinstance(err, KeyError) and isinstance(err, D.DataError)
-    assert "gsm8k-test" in str(err) and "python -m helpers.data list" in str(err)
+    assert "gsm8k-test" in str(err) and "python -m helpers data list" in str(err)
     with pytest.raises(D.UnknownDatasetError, match="asap-sas-1-train"):
         D.load("asap-sas-1-trian")
     with pytest.raises(D.UnknownDatasetError):
@@ -436,7 +436,7 @@ def test_nltk_corpora() -> None:
 # ---------------------------------------------------------------------------------------------- CLI
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "helpers.data", *args], cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "helpers", "data", *args], cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
         capture_output=True, text=True, timeout=60,
     )
 
@@ -444,7 +444,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def test_cli_unknown_name_fails() -> None:
     r = _cli("fetch", "unknown-name")
     assert r.returncode != 0
-    assert "unknown dataset 'unknown-name'" in r.stderr and "python -m helpers.data list" in r.stderr
+    assert "unknown dataset 'unknown-name'" in r.stderr and "python -m helpers data list" in r.stderr
 
 
 def test_cli_list() -> None:

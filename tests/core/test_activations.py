@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from helpers import activations as A
+from helpers.core import activations as A
 
 TEXTS = ["The cat sat on the mat.", "Wait, let me think about this problem again carefully.", "Hi"]
 

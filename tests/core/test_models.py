@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from helpers import models
+from helpers.core import models
 
 
 def test_embedded_smollm2_loads_with_provenance(smol):
@@ -78,7 +78,7 @@ def test_resolve_dtype():
 
 @pytest.mark.slow
 def test_embedded_gemma_loads_and_continues_a_sequence():
-    from helpers import activations as A
+    from helpers.core import activations as A
 
     model, tok = models.load_model("gemma-3-270m", dtype="float32")
     assert models.provenance(model)["sha256"] == models.EMBEDDED["gemma-3-270m"].sha256
@@ -102,8 +102,6 @@ def test_chunked_models_are_pinned_and_missing_parts_are_explained(monkeypatch, 
 def test_chunk_assembly_refuses_a_wrong_file(monkeypatch, tmp_path):
     """Plain concatenation in part order, then the pinned sha256 decides (a wrong result is deleted)."""
     import hashlib
-    import sys
-    import types
 
     monkeypatch.setenv("XAI_CACHE", str(tmp_path / "cache"))
     parts = []
@@ -115,7 +113,7 @@ def test_chunk_assembly_refuses_a_wrong_file(monkeypatch, tmp_path):
         parts.append((f"fakepart{i}", "data/p.bin"))
     monkeypatch.syspath_prepend(str(tmp_path))
     good = hashlib.sha256(b"GGUF-part-one|part-two").hexdigest()
-    em = models.EmbeddedModel(name="fake", pip="fake", install_hint="pip install fake", module="fakepart0",
+    em = models.ModelSpec(name="fake", pip="fake", install_hint="pip install fake", module="fakepart0",
                               gguf="fake.gguf", sha256=good, chunks=tuple(parts))
     monkeypatch.setitem(models.EMBEDDED, "fake", em)
     path = models.gguf_path("fake")

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -19,8 +18,9 @@ import pytest
 import yaml
 
 from helpers import PROJECT_ROOT
-from helpers import notebook as nb
-from helpers import sweep as S
+from helpers.harness import notebook as nb
+from helpers.harness import sweep as S
+
 
 def _spec(tiny_nb, **kw):
     return {"name": "tiny", "notebook": str(tiny_nb), "profile": "smoke", "grid": {"x": [1.0, 2.0, 3.0]},
@@ -81,7 +81,7 @@ def test_cli_bad_sweep_file_exit_code_2(tmp_path, tiny_nb):
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump({"notebook": str(tiny_nb), "profile": "smoke", "grid": {"n": [1, "x"]}}))
     for cmd in (["validate", str(f)], ["run", str(f), "--root", str(tmp_path / "out")]):
-        r = subprocess.run([sys.executable, "-m", "helpers.sweep", *cmd], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-m", "helpers", "sweep", *cmd], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "'n' must be int" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
 
@@ -157,7 +157,7 @@ def test_killed_sweep_resumes_without_recomputing_finished_points(tiny_nb, tmp_p
     f = tmp_path / "slow.yaml"
     f.write_text(yaml.safe_dump(_spec(tiny_nb, grid={"x": [1.0, 2.0, 3.0, 4.0]}, fixed={"sleep": 1.5})))
     root = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "helpers.sweep", "run", str(f), "--root", str(root)],
+    proc = subprocess.Popen([sys.executable, "-m", "helpers", "sweep", "run", str(f), "--root", str(root)],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = root / "tiny"
     deadline = time.time() + 240
@@ -242,9 +242,9 @@ def test_pending_points_are_listed_not_hidden(tiny_nb, tmp_path):
 
 @pytest.mark.slow
 def test_real_notebook_point_through_the_cli(tmp_path):
-    """One point of the committed example sweep (notebook 00, smoke) through `python -m helpers.sweep run`."""
+    """One point of the committed example sweep (notebook 00, smoke) through `python -m helpers sweep run`."""
     sweep_file = PROJECT_ROOT / "notebooks" / "sweeps" / "example_00_smoke.yaml"
-    r = subprocess.run([sys.executable, "-m", "helpers.sweep", "run", str(sweep_file), "--limit", "1", "--threads",
+    r = subprocess.run([sys.executable, "-m", "helpers", "sweep", "run", str(sweep_file), "--limit", "1", "--threads",
                         "1", "--root", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     table = pd.read_csv(tmp_path / "example_00_smoke" / "sweep.csv")

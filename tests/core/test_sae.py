@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from helpers import sae as S
+from helpers.core import sae as S
 
 
 def _planted(n=60_000, d=48, n_dirs=96, active=3, seed=0):

@@ -1,13 +1,10 @@
 """Feature-explanation functions on a hand-made SAE whose latents are known by construction."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from helpers import features as F
-from helpers import sae as S
+from helpers.core import features as F
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +13,7 @@ def handmade(smol, tmp_path_factory):
     latent 1 reads digits, latent 2 (never active) writes the unembedding direction of ' Paris'."""
     from sae_lens import TopKSAE, TopKSAEConfig
 
-    from helpers import activations as A
+    from helpers.core import activations as A
 
     model, tok = smol
     texts = ["My cat likes fish and the cat sleeps.", "There are 7 apples and 3 pears.", "The weather is fine today."]
@@ -84,5 +81,7 @@ def test_static_report_and_browser(handmade):
     feats = {0: {"contexts": ctx[0], "lens": F.decoder_logit_lens(model, sae, 0, tokenizer=tok), "label": "cats",
                  "similarity": 0.5}}
     assert "latent 0 — cats" in F.static_report(feats)
-    box = F.feature_browser(feats)
+    from helpers.core.widgets import feature_browser
+
+    box = feature_browser(feats)
     assert box.children[0].value == 0

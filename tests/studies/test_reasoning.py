@@ -1,35 +1,26 @@
-"""Tests of helpers.reasoning: ReasonScore on planted features, word matching/windows, answers, text stats, bootstrap."""
+"""Tests of helpers.studies.reasoning: ReasonScore on planted features, word matching/windows, answers, text stats, bootstrap."""
 from __future__ import annotations
-
-import math
-
-import helpers.reasoning as R
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers.reasoning import (
+import helpers.studies.reasoning as R
+from helpers.core.text import distinct_n, repetition_rate
+from helpers.studies.reasoning import (
     PAPER_REASON_TOKENS,
     REASONING_WORDS,
     answers_match,
     ban_logit_bias,
-    bootstrap_ci,
-    distinct_n,
     extract_numeric_answer,
     find_word_positions,
-    paired_bootstrap_diff,
     random_frequent_words,
     reason_score,
     reasoning_token_sequences,
     reflection_word_rate,
-    repetition_rate,
     select_features,
     window_masks,
 )
-
-TOKENIZER_DIR = Path("/tmp/xaicache/models/smollm2-135m-instruct-b179c9523d0e")
 
 # tiny fake vocabulary: one id per word, "let me" = two ids; ordinary tokens are ids >= 10
 FAKE = {"wait": [[1]], "maybe": [[2]], "hmm": [[3]], "but": [[4]], "let me": [[5, 6]]}
@@ -177,12 +168,9 @@ def test_reason_score_by_hand():
 # --------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tok():
-    if not TOKENIZER_DIR.exists():
-        pytest.skip(f"{TOKENIZER_DIR} not present")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+def tok(smol):
+    """The embedded model's real tokenizer, from the project's own model cache (built on first use)."""
+    return smol[1]
 
 
 def test_real_tokenizer_spans(tok):
@@ -248,37 +236,6 @@ def test_distinct_and_repetition():
     assert repetition_rate("x y", 4) == 0.0
 
 
-# --------------------------------------------------------------------------------------------------
-# Bootstrap
-# --------------------------------------------------------------------------------------------------
-
-def test_bootstrap_ci():
-    rng = np.random.default_rng(1)
-    small, large = rng.normal(1.0, 1.0, 40), rng.normal(1.0, 1.0, 400)
-    m, lo, hi = bootstrap_ci(small, n_boot=1000, seed=3)
-    assert m == pytest.approx(small.mean())
-    assert lo < m < hi
-    assert bootstrap_ci(small, n_boot=1000, seed=3) == (m, lo, hi)
-    assert bootstrap_ci(small, n_boot=1000, seed=4) != (m, lo, hi)
-    _, lo2, hi2 = bootstrap_ci(large, n_boot=1000, seed=3)
-    assert hi2 - lo2 < hi - lo
-    med = bootstrap_ci(small, n_boot=500, stat=np.median)
-    assert med[0] == pytest.approx(np.median(small)) and med[1] <= med[0] <= med[2]
-    assert all(math.isnan(v) for v in bootstrap_ci([]))
-
-
-def test_paired_bootstrap_diff():
-    rng = np.random.default_rng(2)
-    b = rng.normal(0.0, 1.0, 60)
-    a = b + 0.5 + rng.normal(0.0, 0.1, 60)
-    d, lo, hi = paired_bootstrap_diff(a, b, n_boot=1000)
-    assert d == pytest.approx(np.mean(a - b)) and 0 < lo < d < hi
-    d2, lo2, hi2 = paired_bootstrap_diff(b, a, n_boot=1000)
-    assert d2 < 0 and hi2 < 0
-    with pytest.raises(ValueError):
-        paired_bootstrap_diff([1, 2], [1])
-
-
 def test_random_frequent_words():
     corpus = ["Wait, let me see: the apple and the pear. But maybe another apple?",
               "Perhaps the orange; however the apple wins. Let it go, I'd say apples don't lie."] * 3
@@ -296,7 +253,7 @@ def test_random_frequent_words():
 def test_experiment_tables_on_hand_made_generations():
     import pandas as pd
 
-    from helpers.steering import Generation
+    from helpers.core.steering import Generation
 
     gens = [Generation("p1", "Wait, let me check. #### 18", 9, False), Generation("p2", "It is 7 7 7 7 7 7", 7, True)]
     m = R.generation_metrics(gens, ["18", "8"])
