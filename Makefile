@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 PYTEST_ARGS ?=
 
-.PHONY: help setup data models run test test-fast bench lab clean publish readme sweep $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
+.PHONY: help setup data models run lint test test-other-cpu test-fast bench lab clean publish readme sweep $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
 
 help:
 	@echo "make run    - set up .venv, fetch data, execute every notebook (PROFILE=$(PROFILE)) into outputs/"
@@ -72,10 +72,17 @@ sweep: data
 	$(PY) -m helpers sweep run $(SWEEP) --jobs $(JOBS) --engine $(ENGINE)
 
 # --- tests and benchmarks --------------------------------------------------------------------------------
-test: data
+lint: setup  ## ruff over helpers, tests, benchmarks and the notebooks (pyproject [tool.ruff])
+	$(VENV)/bin/ruff check .
+
+test: data lint
 	$(PY) -m helpers notebook validate
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 $(PYTEST_ARGS)
+
+# the same suite with fp32 kernels restricted to AVX2: numbers differ in the last bits, as on another CPU
+test-other-cpu:
+	MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 $(MAKE) test
 
 test-fast: data  ## unit tests only (no notebook execution)
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)

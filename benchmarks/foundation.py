@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from helpers import activations as A
-from helpers import data
-from helpers.models import load_model
-from helpers.notebook import environment
+from helpers.core import activations as A
+from helpers.core import data
+from helpers.core.models import load_model
+from helpers.harness.notebook import environment
 
 from .common import OUT, median_time, write_result
 
@@ -32,7 +32,7 @@ def matmul_flops(dtype=torch.float32, n: int = 2048) -> float:
 
 def load_times() -> dict:
     """Cold load (dequantize the GGUF into an empty cache) in a subprocess, then warm loads."""
-    code = ("import time; t=time.time(); from helpers.models import load_model; "
+    code = ("import time; t=time.time(); from helpers.core.models import load_model; "
             "load_model('smollm2-135m-instruct', dtype='float32'); print(time.time()-t)")
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "XAI_CACHE": tmp}

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import torch
 
-from helpers import activations as A
-from helpers import sae as S
-from helpers.models import load_model
+from helpers.core import activations as A
+from helpers.core import sae as S
+from helpers.core.models import load_model
 
 from .common import OUT, write_result
-
 
 
 def plain_topk_tokens_per_s(x: torch.Tensor, d_sae: int, k: int, batch: int, steps: int) -> float:

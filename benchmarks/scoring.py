@@ -7,10 +7,9 @@ off, median of ``REPEATS`` runs after one warm-up; torch uses all cores.
 """
 from __future__ import annotations
 
-
-from helpers import scoring as S
-from helpers.llm import LocalChat
-from helpers.notebook import environment
+from helpers.core.llm import LocalChat
+from helpers.harness.notebook import environment
+from helpers.studies import scoring as S
 
 from .common import OUT, median_time, write_result
 

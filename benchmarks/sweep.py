@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from helpers import PROJECT_ROOT
-from helpers import sweep as S
+from helpers.harness import sweep as S
+from helpers.harness.notebook import environment
 
 from .common import OUT, write_result
-from helpers.notebook import environment
 
 EXAMPLE = PROJECT_ROOT / "notebooks" / "sweeps" / "example_00_smoke.yaml"
 NOOP_PARAMS = 'i = 0\nprofile = "default"\noutput_dir = ""\nseed = 0\n'

@@ -257,13 +257,33 @@ def environment() -> dict[str, Any]:
     import torch
 
     env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-    for mod in ("transformers", "numpy", "pandas", "sklearn"):
+           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           # fp32 kernels dispatch by CPU (MKL / oneDNN), so numbers differ in the last bits between CPUs
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", ""),
+           "git_commit": _git_commit()}
+    from importlib import metadata
+
+    for dist in ("transformers", "numpy", "pandas", "scikit-learn", "scipy", "sae-lens", "peft", "sentence-transformers"):
         try:
-            env[mod] = __import__(mod).__version__
-        except ImportError:
+            env[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
             pass
     return env
+
+
+def _git_commit() -> str:
+    """The checkout's commit (``+dirty`` when tracked files differ from it); "" outside a git checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+dirty" if head and dirty else "")
 
 
 def _jsonable(x: Any) -> Any:
