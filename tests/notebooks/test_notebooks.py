@@ -107,7 +107,7 @@ def test_02_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
     res, _ = _run("02_reasoning_features", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(sae_dir),
                   dtype="float32", device="cpu", n_traces=4, n_solutions=4, n_generated=2, gen_max_new_tokens=8,
                   max_length=48, n_problems=2, steer_max_new_tokens=8, n_steer_features=1, gammas=[0.0, 1.0],
-                  n_boot=50, quantile=0.95, batch_size=4)
+                  n_boot=100, quantile=0.95, batch_size=4)
     assert res["profile"] == "paper" and res["parameters"]["problems_dataset"] == "math500"
     assert res["provenance"]["layer"] == 2 and res["metrics"]["n_selected"] >= 1
 
@@ -200,11 +200,13 @@ def test_03_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
         sae_dir = _random_sae_folder(tmp_path / "sae")
         res, _ = _run("03_steering_refinement", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(sae_dir),
                       dtype="float32", device="cpu", concepts=["caa:sycophancy"], n_train=[4], seeds=[0], n_pool=8,
-                      n_val=2, n_test=2, reference_n=4, multipliers=[1.0], max_new_tokens=4, rsv_support=6,
-                      rsv_neighbours=2, rsv_alphas=[[1.0, 1.0, 1.0]], explain_docs=12, lora_steps=1, lora_batch=2,
-                      lora_seeds=[0], ab_concept="", ab_items=4, ab_multipliers=[-1.0, 1.0], n_boot=20,
-                      relevance_judge="llm", llm_model="judge", llm_base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1",
-                      sdcv_k=4)
+                      n_val=2, n_test=2, reference_n=4, multipliers=[1.0], max_new_tokens=4,
+                      method_configs={"probe": {"C": 1.0}, "sdcv": {"k": 4}, "sae_rsv": {"support": 6, "n_neighbours": 2}},
+                      rsv_alphas=[[1.0, 1.0, 1.0]], explain_docs=12,
+                      lora={"r": 4, "steps": 1, "lr": 0.001, "batch_size": 2, "seeds": [0]},
+                      ab_check={"concept": "", "items": 4, "multipliers": [-1.0, 1.0]}, n_boot=100,
+                      relevance={"judge": "llm", "threshold": 0.15, "llm_model": "judge",
+                                 "llm_base_url": f"http://127.0.0.1:{srv.server_address[1]}/v1"})
     finally:
         srv.shutdown()
     m = res["metrics"]
@@ -271,7 +273,9 @@ def test_04_paper_profile_against_a_fake_openai_compatible_server(tmp_path):
     url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
     try:
         res, out = _run("04_scoring_skills", "paper", tmp_path, items=[1, 7], api_base_url=url, n_pool=8, n_gate=8,
-                        n_eval=20, iterations=2, n_candidates=2, n_boot=100)
+                        n_eval=20, n_boot=100,
+                        optimizer={"iterations": 2, "n_candidates": 2, "patience": 1, "n_errors": 4, "max_edits": 3,
+                                   "diagnosis_max_tokens": 80})
     finally:
         srv.shutdown()
         srv.server_close()
