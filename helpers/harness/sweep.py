@@ -35,6 +35,7 @@ GCS/raylet daemons that take several seconds to start and would double the movin
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -52,7 +53,7 @@ from helpers import PROJECT_ROOT
 from . import notebook as nb
 
 __all__ = ["ENGINES", "PLOT_KINDS", "Point", "Sweep", "SweepError", "SweepReport", "aggregate", "load_sweep",
-           "notebook_code_hash", "plot_sweep", "point_id", "run_point", "run_sweep", "sweep_dir"]
+           "helpers_code_hash", "notebook_code_hash", "plot_sweep", "point_id", "run_point", "run_sweep", "sweep_dir"]
 
 SWEEPS_DIR = nb.NOTEBOOKS_DIR / "sweeps"
 ENGINES = ("local", "dask")
@@ -111,11 +112,26 @@ class SweepReport:
 # Sweep files
 # --------------------------------------------------------------------------------------------------
 
-def point_id(notebook: str, params: dict[str, Any], digits: int = 12) -> str:
-    """Stable id of a point: sha256 of the notebook name and its resolved parameters (minus ``output_dir``)."""
+def point_id(notebook: str, params: dict[str, Any], digits: int = 12, *, code: str = "") -> str:
+    """Stable id of a point: sha256 of the notebook name, its resolved parameters (minus ``output_dir``) and
+    ``code`` (:func:`helpers_code_hash` when the sweep is loaded: changing a helper gives new ids, so the points
+    are computed again instead of being reused)."""
     key = {"notebook": Path(notebook).stem, "params": {k: v for k, v in params.items() if k != "output_dir"}}
+    if code:
+        key["code"] = code
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:digits]
+
+
+@functools.cache
+def helpers_code_hash(root: str | None = None) -> str:
+    """sha256 over the toolkit's source (``helpers/**`` .py, .yaml and .txt files, by relative path): the code a
+    point runs besides its notebook. Computed once per process."""
+    base = Path(root) if root else PROJECT_ROOT / "helpers"
+    h = hashlib.sha256()
+    for f in sorted(p for p in base.rglob("*") if p.suffix in (".py", ".yaml", ".txt") and "__pycache__" not in p.parts):
+        h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def notebook_code_hash(notebook: str) -> str:
@@ -207,7 +223,7 @@ def load_sweep(spec: str | Path | dict, *, name: str | None = None) -> Sweep:
         except nb.ParameterError as e:
             raise SweepError(str(e)) from None
         params = {**base, **ov}
-        pid = point_id(stem, params)
+        pid = point_id(stem, params, code=helpers_code_hash())
         if pid in seen:
             raise SweepError(f"{where}: points {seen[pid]} {overrides[seen[pid]]} and {i} {o} resolve to the same "
                              f"parameters (id {pid}); remove the duplicate or make them differ.")

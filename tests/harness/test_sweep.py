@@ -74,7 +74,9 @@ def test_point_id_is_a_stable_hash_of_notebook_and_resolved_parameters(tiny_nb):
     assert {p.id for p in again.points} == {p.id for p in sw.points}
     assert S.point_id("a", {"x": 1, "output_dir": "/elsewhere"}) == S.point_id("a", {"x": 1})
     assert S.point_id("a", {"x": 1}) != S.point_id("b", {"x": 1}) != S.point_id("a", {"x": 2})
-    assert len(sw.points[0].id) == 12 and sw.points[0].id == S.point_id("tiny_sweep", sw.points[0].params)
+    assert len(sw.points[0].id) == 12
+    assert sw.points[0].id == S.point_id("tiny_sweep", sw.points[0].params, code=S.helpers_code_hash())
+    assert S.point_id("a", {"x": 1}, code="h1") != S.point_id("a", {"x": 1}, code="h2")
 
 
 def test_cli_bad_sweep_file_exit_code_2(tmp_path, tiny_nb):
@@ -281,3 +283,18 @@ def test_a_point_whose_worker_dies_is_reported_and_the_sweep_finishes(tiny_nb, t
     assert t.loc[1.0, "status"] == "ok" and t.loc[2.0, "status"] == "failed"
     assert t.loc[2.0, "error"].startswith("worker died: BrokenProcessPool")
     assert (rep.folder / t.loc[2.0, "point_id"] / "traceback.txt").exists()
+
+
+def test_changing_a_helper_changes_point_ids(tiny_nb, tmp_path, monkeypatch):
+    """The toolkit's code is part of a point's id: edit a helper and the sweep computes its points again."""
+    src = tmp_path / "helpers_copy"
+    (src / "core").mkdir(parents=True)
+    (src / "core" / "m.py").write_text("x = 1\n")
+    h1 = S.helpers_code_hash(str(src))
+    (src / "core" / "m.py").write_text("x = 2\n")
+    S.helpers_code_hash.cache_clear()
+    assert S.helpers_code_hash(str(src)) != h1
+    before = [p.id for p in S.load_sweep(_spec(tiny_nb)).points]
+    monkeypatch.setattr(S, "helpers_code_hash", lambda root=None: "edited")
+    after = [p.id for p in S.load_sweep(_spec(tiny_nb)).points]
+    assert len(before) == len(after) and not set(before) & set(after)
