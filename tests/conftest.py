@@ -70,7 +70,7 @@ if write:
 
 @pytest.fixture
 def tiny_nb(tmp_path):
-    """A test-only notebook for sweeps (helpers.sweep): ``y = x * n + random()``, optional failure / sleep /
+    """A test-only notebook for sweeps (helpers.harness.sweep): ``y = x * n + random()``, optional failure / sleep /
     no results.json, with a ``smoke`` profile (n: 3) in its own params/ folder. A point costs only papermill +
     kernel start."""
     import nbformat

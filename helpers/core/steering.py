@@ -3,7 +3,7 @@ steering-vector methods (CAA, probe, SDCV, SAE-RSV), each one type ``(pos_acts, 
 config object (:data:`VECTOR_METHODS`, :func:`vector_method`).
 
 ``generate`` runs batched greedy (or seeded sampled) chat generation, optionally adding ``scale * vector`` to the
-residual stream after block ``layer`` through ``helpers.activations.add_vector`` — from the first *generated*
+residual stream after block ``layer`` through ``helpers.core.activations.add_vector`` — from the first *generated*
 position on by default (``from_prompt=True`` steers the prompt tokens too) — and optionally forbidding token
 sequences (``bad_words_ids``, for word-ban ablations). Each row's threshold is its own prompt length, so left
 padding in a batch does not shift where steering starts.

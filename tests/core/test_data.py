@@ -1,4 +1,4 @@
-"""Tests of helpers.data: the pinned registry, the fetcher (local mirror, loopback HTTP), errors, parsers, CLI.
+"""Tests of helpers.core.data: the pinned registry, the fetcher (local mirror, loopback HTTP), errors, parsers, CLI.
 
 The mirror ``../shared/data/github`` (beside the checkout) holds the real files; tests that need it skip
 with a reason when it is absent.  Every test runs with ``XAI_DATA_DIR`` in a temporary folder, so the

@@ -1,4 +1,4 @@
-"""helpers.llm against a fake OpenAI-compatible server on 127.0.0.1: success, cache, 5xx, timeout, malformed JSON."""
+"""helpers.core.llm against a fake OpenAI-compatible server on 127.0.0.1: success, cache, 5xx, timeout, malformed JSON."""
 from __future__ import annotations
 
 import json

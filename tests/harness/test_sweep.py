@@ -1,4 +1,4 @@
-"""helpers.sweep: sweep files, bad input, resumable runs, failures, parallel and Dask engines, aggregation.
+"""helpers.harness.sweep: sweep files, bad input, resumable runs, failures, parallel and Dask engines, aggregation.
 
 Most tests drive a tiny test-only notebook (the ``tiny_nb`` fixture of conftest.py, written into tmp_path with
 its own params/ folder) whose kernel does no real work, so a point costs only papermill + kernel start; ``test_real_notebook_point`` runs notebook 00.

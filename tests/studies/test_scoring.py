@@ -1,4 +1,4 @@
-"""helpers.scoring: ReadMeFirst parser on all 10 ASAP-SAS items, QWK vs hand-computed values, splits, the
+"""helpers.studies.scoring: ReadMeFirst parser on all 10 ASAP-SAS items, QWK vs hand-computed values, splits, the
 item-specific rule check, the optimisation loop's validation gate (deterministic fake LLM / scorer), unparsed
 answers in coverage, and constrained label likelihood on the embedded model (cached prefix == full prompt)."""
 from __future__ import annotations

@@ -323,7 +323,7 @@ def reason_score(acts: torch.Tensor | list[torch.Tensor], token_ids: list, seque
 
     * one ``(n_tokens, n_features)`` tensor with ``token_ids`` a list of per-document id lists whose lengths add up
       to ``n_tokens`` (or a flat id list/tensor: one document, or several when ``doc_index`` (n_tokens,) gives each
-      row's document, as in :class:`helpers.activations.ActivationStore`), or
+      row's document, as in :class:`helpers.core.activations.ActivationStore`), or
     * a list of per-document ``(T_i, n_features)`` tensors with ``token_ids`` the matching per-document ids, or
     * a ``(batch, seq, n_features)`` tensor with ``token_ids`` ``(batch, seq)`` (one document per row).
 

@@ -149,7 +149,7 @@ def _check_frame(df: pd.DataFrame, info: ReadmeInfo, what: str) -> pd.DataFrame:
 
 
 def load_item(number: int, test_csv: str | Path | None = None) -> Item:
-    """Item ``number`` (1-10): ReadMeFirst parsed, ``train``/``val`` from the pinned mirror (``helpers.data``),
+    """Item ``number`` (1-10): ReadMeFirst parsed, ``train``/``val`` from the pinned mirror (``helpers.core.data``),
     and ``test`` from ``test_csv`` if given (same columns; a ``{item}`` in the path is filled in)."""
     if number not in ITEMS:
         raise ValueError(f"ASAP-SAS items are 1-10, got {number!r}.")

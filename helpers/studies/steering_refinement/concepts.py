@@ -40,7 +40,7 @@ CAA_BEHAVIOURS = registry.caa_behaviours()
 class Concept:
     """A concept to steer: training examples (positive/negative, formatted as the model reads them), where the
     representation is read (``position``: "mean" over tokens after the first, or "last" token), held-out prompts
-    for validation and test, its judge (``helpers.judges``) and descriptions, LoRA-SFT pairs aligned with
+    for validation and test, its judge (``helpers.core.judges``) and descriptions, LoRA-SFT pairs aligned with
     ``positives``, and (CAA-format concepts) A/B test items."""
 
     name: str
