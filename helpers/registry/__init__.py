@@ -60,22 +60,14 @@ class DatasetSpec:
         """Literal ``<owner>/<repo>/<commit>/<path>`` (no percent-encoding): the mirror / data-dir layout."""
         return urllib.parse.unquote(self.url[len(RAW_GITHUB):])
 
-    @property
-    def owner(self) -> str:
-        return self.relpath.split("/", 3)[0]
+    def _part(self, i: int) -> str:
+        return self.relpath.split("/", 3)[i]
 
-    @property
-    def repo(self) -> str:
-        return self.relpath.split("/", 3)[1]
-
-    @property
-    def commit(self) -> str:
-        return self.relpath.split("/", 3)[2]
-
-    @property
-    def repo_path(self) -> str:
-        """Path of the file inside its repository (literal)."""
-        return self.relpath.split("/", 3)[3]
+    owner = property(lambda self: self._part(0))
+    repo = property(lambda self: self._part(1))
+    commit = property(lambda self: self._part(2))
+    #: path of the file inside its repository (literal)
+    repo_path = property(lambda self: self._part(3))
 
 
 @dataclass(frozen=True)
