@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ __all__ = [
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 PARAMS_DIR = NOTEBOOKS_DIR / "params"
 OUTPUTS_DIR = PROJECT_ROOT / "outputs"
+#: results.json of each published (default-profile) run, committed
+RESULTS_DIR = NOTEBOOKS_DIR / "results"
 PROFILES = ("smoke", "default", "paper")
 
 
@@ -219,6 +222,10 @@ def publish_notebook(notebook: str | Path) -> Path:
         c.metadata.pop("papermill", None)
         c.metadata.pop("execution", None)
     nbformat.write(nb, NOTEBOOKS_DIR / f"{stem}.ipynb")
+    # the published run's results.json is committed beside the notebook: tests/notebooks/test_results.py checks
+    # the claims' expected values against it, and a fresh run against those values
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(OUTPUTS_DIR / stem / "results.json", RESULTS_DIR / f"{stem}.json")
     return NOTEBOOKS_DIR / f"{stem}.ipynb"
 
 
