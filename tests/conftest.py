@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -84,3 +85,23 @@ def tiny_nb(tmp_path):
     nbformat.write(book, d / "tiny_sweep.ipynb")
     (d / "params" / "tiny_sweep" / "smoke.yaml").write_text("n: 3\n")
     return d / "tiny_sweep.ipynb"
+
+
+# --- claims checked after nbval --------------------------------------------------------------------------
+NBVAL_NOTEBOOKS = pytest.StashKey[set]()
+SESSION_START = time.time()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked ``after_nbval`` (tests/notebooks/test_results.py) run last, after nbval has re-executed the
+    committed notebooks (which rewrites outputs/<nb>/results.json); they learn which notebooks nbval ran."""
+    ran = {item.path.stem for item in items if item.path.suffix == ".ipynb"}
+    config.stash[NBVAL_NOTEBOOKS] = ran
+    late = [i for i in items if i.get_closest_marker("after_nbval")]
+    items[:] = [i for i in items if not i.get_closest_marker("after_nbval")] + late
+
+
+@pytest.fixture
+def nbval_notebooks(request) -> set:
+    """Stems of the notebooks nbval executes in this pytest session (empty when nbval is not part of it)."""
+    return request.config.stash.get(NBVAL_NOTEBOOKS, set())

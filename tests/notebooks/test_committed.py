@@ -1,0 +1,62 @@
+"""The committed notebooks follow the collection's rules (read from the files, nothing executed): nbval markers
+that nbval actually reads, short code cells, a sentence after every figure, imports by full module name."""
+from __future__ import annotations
+
+import re
+
+import nbformat
+import pytest
+
+from helpers.harness.notebook import NOTEBOOKS_DIR
+
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _cells(path):
+    return nbformat.read(path, as_version=4).cells
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_nbval_markers_are_read_by_nbval(path):
+    """nbval only honours a comment line that is exactly ``# NBVAL_CHECK_OUTPUT`` (a trailing or annotated marker
+    is silently ignored), and every notebook checks at least one cell."""
+    checked = 0
+    for i, c in enumerate(_cells(path)):
+        if c.cell_type != "code":
+            continue
+        lines = [ln.strip() for ln in c.source.splitlines()]
+        exact = [ln for ln in lines if ln.startswith("#") and ln.lstrip("#").strip() == "NBVAL_CHECK_OUTPUT"]
+        loose = [ln for ln in lines if "NBVAL_CHECK_OUTPUT" in ln and ln not in exact]
+        assert not loose, f"cell {i}: marker nbval would ignore: {loose[0]!r}"
+        checked += bool(exact)
+    assert checked >= 1
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_cells_are_short(path):
+    long = [(i, len(c.source.splitlines())) for i, c in enumerate(_cells(path))
+            if c.cell_type == "code" and len(c.source.splitlines()) > 30]
+    assert long == [], f"code cells over 30 lines (cell, lines): {long}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_figure_is_followed_by_a_sentence(path):
+    cells = _cells(path)
+    missing = []
+    for i, c in enumerate(cells):
+        has_fig = c.cell_type == "code" and any("image/png" in o.get("data", {}) for o in c.get("outputs", []))
+        if has_fig:
+            nxt = cells[i + 1] if i + 1 < len(cells) else None
+            if nxt is None or nxt.cell_type != "markdown" or len(nxt.source.split()) < 8:
+                missing.append(i)
+    assert missing == [], f"figures without a sentence after them in cells {missing}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_imports_use_full_module_names(path):
+    src = "\n".join(c.source for c in _cells(path) if c.cell_type == "code")
+    one_letter = re.findall(r"^\s*(?:from\s+\S+\s+)?import\s+.*\bas\s+([A-Za-z])\b", src, re.M)
+    assert one_letter == [], f"one-letter import aliases: {one_letter}"
+    for m in re.finditer(r"from helpers\.studies import (\w+)(?: as (\w+))?", src):
+        assert m.group(2) == "study", f"import the study as `study`: {m.group(0)}"
+    assert not re.search(r"from helpers import (?!registry\b)", src), "import toolkit modules from helpers.core / .harness"
