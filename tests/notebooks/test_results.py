@@ -32,9 +32,17 @@ except ImportError:  # pragma: no cover
 
 
 def _get(d: dict, path: str):
+    """``a/b/0/c`` walks dicts and lists; a segment ``k=v,k2=v2`` picks the one record of a list of dicts whose
+    fields match (e.g. ``steering/condition=no steering,metric=n_tokens/mean``)."""
     cur = d
     for part in path.split("/"):
-        if isinstance(cur, list):
+        if isinstance(cur, list) and "=" in part:
+            want = dict(kv.split("=", 1) for kv in part.split(","))
+            hits = [r for r in cur if all(str(r.get(k)) == v for k, v in want.items())]
+            if len(hits) != 1:
+                raise KeyError(f"{part}: {len(hits)} matching records")
+            cur = hits[0]
+        elif isinstance(cur, list):
             cur = cur[int(part)]
         else:
             cur = cur[part]
