@@ -23,4 +23,15 @@ CLAIMS = {
         'probe/acc_shuffled': (0.3888888888888889, 'abs', 0.05, 'chance control; measured |native - emulated| = 0'),
         'norms/median_norm/15': (172.3399, 'abs', 0.5, 'median norm, block 15; measured |native - emulated| = 0'),
     },
+    '01_sparse_autoencoders': {
+        'l0': (32.0, 'exact', None, 'TopK: exactly k active latents; emulated CPU: same'),
+        'n_heldout_tokens': (18699, 'exact', None, 'held-out split by document, no arithmetic; emulated CPU: same'),
+        'variance_explained': (0.8912947177886963, 'abs', 0.014, 'SAE retrained under each CPU; measured |native - emulated| = 0.0047'),
+        'variance_explained_no_outliers': (0.5244104862213135, 'abs', 0.0592, 'SAE retrained under each CPU; measured |native - emulated| = 0.02'),
+        'dead_fraction': (0.0462239570915699, 'abs', 0.00977, 'SAE retrained under each CPU; measured |native - emulated| = 0.0033'),
+        'ce_clean': (3.5358309398632435, 'abs', 0.001, 'the model alone; measured |native - emulated| = 4.3e-07'),
+        'ce_loss_recovered': (0.9630126896474317, 'abs', 0.005, 'SAE retrained under each CPU; measured |native - emulated| = 0.0003'),
+        'variance_explained_by_k/16': (0.4851342439651489, 'abs', 0.0537, 'k sweep at inference; measured |native - emulated| = 0.018'),
+        'variance_explained_by_k/64': (0.6611766815185547, 'abs', 0.102, 'k sweep at inference (the anomaly of issue 16); measured |native - emulated| = 0.034'),
+    },
 }
