@@ -60,3 +60,11 @@ def test_imports_use_full_module_names(path):
     for m in re.finditer(r"from helpers\.studies import (\w+)(?: as (\w+))?", src):
         assert m.group(2) == "study", f"import the study as `study`: {m.group(0)}"
     assert not re.search(r"from helpers import (?!registry\b)", src), "import toolkit modules from helpers.core / .harness"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_frozen_progress_bars(path):
+    frozen = [i for i, c in enumerate(_cells(path)) if c.cell_type == "code"
+              and any(re.search(r"\d+%\|", o.get("text", "") + str(o.get("data", {}).get("text/plain", "")))
+                      for o in c.get("outputs", []))]
+    assert frozen == [], f"progress bars frozen in committed outputs of cells {frozen}"
