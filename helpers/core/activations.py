@@ -445,3 +445,124 @@ def linear_separability(x: torch.Tensor, labels: Sequence, *, folds: int = 5, se
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=C))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return float(np.mean(cross_val_score(clf, np.asarray(x, dtype=np.float64), np.asarray(labels), cv=cv)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The toolkit's one outlier-token policy
+# --------------------------------------------------------------------------------------------------
+
+#: Residual norm above this multiple of the median (over non-first tokens) marks a token as an outlier.
+OUTLIER_NORM_FACTOR = 5.0
+
+
+def ordinary_token_masks(hidden: Sequence[torch.Tensor], *, factor: float = OUTLIER_NORM_FACTOR,
+                         median: float | None = None) -> tuple[list[torch.Tensor], float]:
+    """The collection's one outlier policy: per text, a boolean mask of its *ordinary* tokens.
+
+    Excluded: position 0 of every text (the attention sink: at SmolLM2's block 15 its residual norm is ~140x the
+    median, and it switches on hundreds of latents at once) and any other token whose residual norm exceeds
+    ``factor`` x the median norm of all non-first tokens (rare sink-like tokens). ``hidden`` is one ``(T_i, d)``
+    residual tensor per text; ``median`` reuses a reference median (e.g. the analysis corpus's) instead of this
+    set's. Returns ``(masks, median)``. ReasonScore, feature scales, top contexts and SAE statistics all use it.
+    """
+    if factor <= 1:
+        raise ValueError(f"factor must be > 1 (a multiple of the median norm), got {factor}")
+    norms = [h.float().norm(dim=-1) for h in hidden]
+    if median is None:
+        rest = [n[1:] for n in norms if len(n) > 1]
+        if not rest:
+            raise ValueError("no token beyond position 0: the outlier policy needs texts of >= 2 tokens")
+        median = float(torch.cat(rest).median())
+    masks = []
+    for n in norms:
+        m = n <= factor * median
+        if len(m):
+            m[0] = False
+        masks.append(m)
+    return masks, float(median)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resuming a forward pass from a cached residual stream
+# --------------------------------------------------------------------------------------------------
+
+class ResumableForward:
+    """Run blocks ``0..layer`` once, then the rest of the model many times from edited residuals.
+
+    Interventions at block ``layer`` leave everything up to it unchanged, so an experiment with many conditions
+    on the same token batch needs the early blocks only once: ``resid`` is the residual after block ``layer``
+    (``(B, T, d)``) and :meth:`logits` runs blocks ``layer+1 ..`` (with the exact keyword arguments - attention
+    mask, rotary embeddings - the model passed them in the first pass), the final norm and the unembedding.
+    ``logits(resid)`` reproduces the full forward's logits (up to float rounding of a different op order: none
+    here, the same kernels run on the same inputs). ``positions`` restricts the unembedding to some positions.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, layer: int, attention_mask: torch.Tensor | None = None):
+        self.model = model
+        self.layer = _check_layers(model, layer)[0]
+        blocks = get_layers(model)
+        self.later = list(range(self.layer + 1, len(blocks)))
+        self.kwargs: dict[int, dict] = {}
+        captured: dict[str, torch.Tensor] = {}
+
+        def post(module, args, output):
+            captured["resid"] = _output_tensor(output).detach()
+
+        def make_pre(l):
+            def pre(module, args, kwargs):
+                self.kwargs[l] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                if l == self.later[-1]:
+                    raise _StopForward
+            return pre
+
+        handles = [blocks[self.layer].register_forward_hook(post)]
+        handles += [blocks[l].register_forward_pre_hook(make_pre(l), with_kwargs=True) for l in self.later]
+        enc = {"input_ids": input_ids.to(model.device)}
+        if attention_mask is not None:
+            enc["attention_mask"] = attention_mask.to(model.device)
+        try:
+            with torch.inference_mode():
+                model(**enc, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        if "resid" not in captured:
+            raise RuntimeError(f"the forward pass never reached block {self.layer}")
+        self.resid = captured["resid"]
+
+    @torch.inference_mode()
+    def hidden(self, resid: torch.Tensor) -> torch.Tensor:
+        """Final normed hidden state from a residual after block ``layer``."""
+        h = resid
+        blocks = get_layers(self.model)
+        for l in self.later:
+            h = _output_tensor(blocks[l](h, **self.kwargs[l]))
+        return _final_norm(self.model)(h)
+
+    @torch.inference_mode()
+    def log_probs(self, resid: torch.Tensor, rows: torch.Tensor | None = None,
+                  cols: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-softmax over the vocabulary; with ``rows``/``cols`` (index tensors), only at those (batch, position)
+        pairs, shape ``(n, vocab)`` - the unembedding dominates the cost, so evaluate only what is read."""
+        h = self.hidden(resid)
+        if rows is not None:
+            h = h[rows, cols]
+        logits = self.model.get_output_embeddings()(h).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.log_softmax(logits, dim=-1)
+
+
+def _final_norm(model) -> nn.Module:
+    for path in ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except AttributeError:
+            continue
+    raise TypeError(f"cannot find the final norm of {type(model).__name__}")

@@ -24,7 +24,8 @@ from .llm import LLMError
 from .sae import encode
 from .text import chat_encode
 
-__all__ = ["Generation", "generate", "sae_feature_vector", "caa_vector", "probe_vector", "sdcv_select", "sdcv_denoise",
+__all__ = ["Generation", "generate", "sae_feature_vector", "feature_edit", "activation_scale",
+           "caa_vector", "probe_vector", "sdcv_select", "sdcv_denoise",
            "sdcv_vector", "Decomposition", "rsv_decompose", "rsv_neighbours", "rsv_relevance", "RSVParts", "rsv_parts",
            "rsv_refine", "VectorMethod", "CAA", "Probe", "SDCV", "SAERSV", "VECTOR_METHODS", "vector_method"]
 
@@ -43,21 +44,74 @@ def sae_feature_vector(sae, latent: int, f_max: float, gamma: float) -> torch.Te
     return gamma * f_max * sae.W_dec[latent].detach().float()
 
 
+def activation_scale(latents: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None = None, *,
+                     q: float = 0.99) -> torch.Tensor:
+    """A robust activation scale per latent: the ``q``-quantile of its *non-zero* activations over the ordinary
+    tokens (``masks`` from :func:`helpers.core.activations.ordinary_token_masks`; sink and huge-norm tokens out).
+
+    Replaces the raw maximum of arXiv 2503.18878 Sec. 5 ("f_max"), which at 135M is set by the attention sink
+    (e.g. 168.8 for a feature whose ordinary activations stay below 60). Choice (the paper is silent): quantile of
+    the non-zero values, so a sparse latent's scale is where it fires, not 0. Latents that never fire get 0."""
+    if not 0 < q <= 1:
+        raise ValueError(f"q must be in (0, 1], got {q}")
+    rows = [l[m] if masks is not None else l for l, m in zip(latents, masks or [None] * len(latents))]
+    x = torch.cat([r for r in rows if len(r)]).float()
+    out = torch.zeros(x.shape[1])
+    for j in range(x.shape[1]):
+        v = x[:, j][x[:, j] > 0]
+        if len(v):
+            out[j] = torch.quantile(v, q) if len(v) < 16_000_000 else v.max()
+    return out
+
+
+def feature_edit(sae, latent: int, value: float, *, mode: str = "clamp") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """An SAE-feature intervention ``fn(hidden, positions) -> hidden`` for :func:`helpers.core.activations.intervene`
+    or :func:`generate` (``edit=``).
+
+    * ``mode="clamp"`` (arXiv 2503.18878's released code, ``sae_utils.get_intervention_hook``): set the latent to
+      ``value``: x + (value - a_i(x)) W_dec[i], with a_i(x) the SAE's encoding of x. ``value=0`` is the feature's
+      ablation; ``value = gamma * scale`` is the paper's steering.
+    * ``mode="add"``: x + value W_dec[i] (additive steering, Templeton et al. 2024; equal to clamp where a_i = 0).
+    """
+    if mode not in ("clamp", "add"):
+        raise ValueError(f"mode must be 'clamp' or 'add', got {mode!r}")
+    n = sae.W_dec.shape[0]
+    if not 0 <= int(latent) < n:
+        raise ValueError(f"latent {latent} out of range: the SAE has {n} latents (0..{n - 1})")
+    w = sae.W_dec[int(latent)].detach()
+
+    def fn(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        wd = w.to(hidden.device, hidden.dtype)
+        if mode == "add":
+            return hidden + value * wd
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        a = encode(sae, flat)[:, int(latent)].to(hidden.dtype).reshape(*hidden.shape[:-1], 1)
+        return hidden + (value - a) * wd
+
+    return fn
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 128, layer: int | None = None,
              vector: torch.Tensor | None = None, scale: float = 1.0, from_prompt: bool = False,
              bad_words_ids: list[list[int]] | None = None, batch_size: int = 8, system: str | None = None,
              do_sample: bool = False, temperature: float = 1.0, seed: int = 0, chat: bool = True,
-             progress: bool = False, steer_from: str = "generated") -> list[Generation]:
+             progress: bool = False, steer_from: str = "generated",
+             edit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             edit_from: int = 1) -> list[Generation]:
     """Generate a reply for each prompt (chat template applied when ``chat``), steered when ``vector`` is given:
     ``(d,)`` for all prompts or ``(len(prompts), d)``, one per prompt (many vectors evaluated in one batched run).
     ``steer_from``: "generated" steers the positions of generated tokens (the first token comes from the unsteered
     prompt pass), "last_prompt" also the last prompt position (the one that predicts the first generated token),
-    "prompt" every position (same as ``from_prompt=True``)."""
+    "prompt" every position (same as ``from_prompt=True``). ``edit`` is any residual edit ``fn(hidden, positions)``
+    (e.g. :func:`feature_edit`) applied at block ``layer`` to every position ``>= edit_from`` of prompt and
+    generation (default 1: the attention sink at position 0 is left alone)."""
     from tqdm.auto import tqdm
 
-    if vector is not None and layer is None:
-        raise ValueError("a steering vector needs the layer it is added at (layer=...).")
+    if (vector is not None or edit is not None) and layer is None:
+        raise ValueError("a steering vector or edit needs the layer it is applied at (layer=...).")
+    if vector is not None and edit is not None:
+        raise ValueError("pass either vector= or edit=, not both.")
     if vector is not None and vector.dim() == 2 and len(vector) != len(prompts):
         raise ValueError(f"{len(vector)} per-prompt steering vectors for {len(prompts)} prompts.")
     out: list[Generation] = []
@@ -86,6 +140,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
                        "generated": prompt_len}[start]
                 vec = vector[s:s + batch_size] if vector.dim() == 2 else vector
                 with A.add_vector(model, layer, vec, scale, min_token_index=thr):
+                    seqs = model.generate(**enc, **kw)
+            elif edit is not None:
+                with A.intervene(model, layer, edit, min_token_index=edit_from):
                     seqs = model.generate(**enc, **kw)
             else:
                 seqs = model.generate(**enc, **kw)

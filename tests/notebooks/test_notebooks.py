@@ -8,6 +8,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 
 from helpers.harness import notebook as nb
@@ -89,15 +90,20 @@ def test_02_smoke(tmp_path):
     res, out = _run("02_reasoning_features", "smoke", tmp_path)
     m = res["metrics"]
     assert m["n_selected"] >= 1 and len(m["selected"]) == m["n_selected"]
-    assert set(m["groups"]) <= {"uncertainty", "exploration", "reflection"}
-    conds = {r["condition"] for r in m["steering"]}
-    assert "no steering" in conds and any(c.startswith("feature") for c in conds) and any(c.startswith("random") for c in conds)
-    assert {r["condition"] for r in m["word_ban"]} == {"no ban", "ban reasoning words", "ban random words"}
-    for r in m["steering"]:
-        assert r["ci_low"] <= r["mean"] + 1e-9 and r["mean"] <= r["ci_high"] + 1e-9
-    banned = [g for g in res["generations"]["word_ban"] if g["condition"] == "ban reasoning words"]
-    assert all(g["reflection_rate"] == 0.0 for g in banned)  # no reasoning word survives the ban
-    for fig in ("reasonscore_distribution", "per_word_heatmap", "activation_by_source", "steering_reflection_rate"):
+    assert set(m["groups"]) <= {"uncertainty", "exploration", "reflection", "mixed"}
+    assert m["sink_norm"] > 20 * m["median_norm"]  # the attention sink the outlier policy excludes
+    kinds = {r["kind"] for r in m["causal"]}
+    assert kinds == {"selected", "random", "non-reasoning"}
+    assert {r["metric"] for r in m["causal"]} == {"d_word", "d_other", "specificity", "d_mass", "added_norm"}
+    for r in m["causal"]:
+        assert r["n"] < 2 or r["ci_low"] <= r["mean"] + 1e-9 <= r["ci_high"] + 2e-9  # one document has no interval
+    assert {r["scoring"] for r in m["selection_comparison"]} == {"policy, window 2/3 (paper)", "policy, window 1/2 (code)",
+                                                                  "sink kept, window 2/3"}
+    conds = {r["condition"] for r in m["generation"]}
+    assert {"no edit", "ban reasoning words", "ban random words"} <= conds and any(c.startswith("selected") for c in conds)
+    banned = [g for g in res["generations"]["generation"] if g["condition"] == "ban reasoning words"]
+    assert banned and all(g["reflection_rate"] == 0.0 for g in banned)  # no reasoning word survives the ban
+    for fig in ("reasonscore_distribution", "per_word_heatmap", "activation_by_source", "causal_curves"):
         assert (out / "figures" / f"{fig}.png").exists()
 
 
@@ -105,10 +111,10 @@ def test_02_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
     """A random SAE in SAELens layout stands in for andreuka18's SAE, the tiny Llama for R1-Distill-Llama-8B."""
     sae_dir = _random_sae_folder(tmp_path / "sae")
     res, _ = _run("02_reasoning_features", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(sae_dir),
-                  dtype="float32", device="cpu", n_traces=4, n_solutions=4, n_generated=2, gen_max_new_tokens=8,
-                  max_length=48, n_problems=2, steer_max_new_tokens=8, n_steer_features=1, gammas=[0.0, 1.0],
-                  n_boot=100, quantile=0.95, batch_size=4)
-    assert res["profile"] == "paper" and res["parameters"]["problems_dataset"] == "math500"
+                  dtype="float32", device="cpu", n_traces=3, n_solutions=3, chunk_chars=300, max_length=48,
+                  n_eval_docs=3, eval_length=48, n_steer_features=1, gammas=[0.0, 1.0], n_gen_prompts=2,
+                  n_gen_features=1, gen_max_new_tokens=8, n_boot=100, quantile=0.95, batch_size=4)
+    assert res["profile"] == "paper" and res["parameters"]["n_traces"] == 3
     assert res["provenance"]["layer"] == 2 and res["metrics"]["n_selected"] >= 1
 
 

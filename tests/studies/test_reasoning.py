@@ -264,8 +264,6 @@ def test_experiment_tables_on_hand_made_generations():
     summ = R.summarize_conditions(steer, metrics=("n_tokens",), n_boot=200)
     row = summ[(summ.condition == "feature 5")].iloc[0]
     assert row["mean"] == 25.0 and row["diff_vs_baseline"] == 17.0
-    curve = R.steering_curve(steer, metrics=("n_tokens",))
-    assert curve[["feature", "gamma", "n_tokens"]].values.tolist() == [["feature 5", 0.0, 8.0], ["feature 5", 2.0, 25.0]]
 
 
 def test_group_of_follows_the_word_mass():

@@ -1,14 +1,17 @@
 """Study 1 - reasoning features (notebook 02): ReasonScore (arXiv 2503.18878), interpretation, steering, word ban.
 
 Modules: ``reason_score`` (vocabulary, windows, Eq. 3-6, selection), ``answers`` (reading generations),
-``experiments`` (corpus, steering and word-ban experiments, summaries). Everything is re-exported here, so a
+``experiments`` (corpus, held-out windows, free generation under edits and bans), ``causal`` (teacher-forced
+causal tests). Everything is re-exported here, so a
 notebook does ``from helpers.studies import reasoning as study``.
 """
 from .answers import *  # noqa: F401,F403
 from .answers import __all__ as _a
+from .causal import *  # noqa: F401,F403
+from .causal import __all__ as _c
 from .experiments import *  # noqa: F401,F403
 from .experiments import __all__ as _e
 from .reason_score import *  # noqa: F401,F403
 from .reason_score import __all__ as _r
 
-__all__ = [*_r, *_a, *_e]
+__all__ = [*_r, *_a, *_e, *_c]

@@ -1,4 +1,5 @@
-"""Study 1: the corpus and the experiments of notebook 02 (feature steering, word ban, their summaries)."""
+"""Study 1: the corpus, the held-out evaluation windows and the free-generation experiment of notebook 02 (feature
+edits and word bans on continuations of real reasoning), with their summaries."""
 from __future__ import annotations
 
 import re
@@ -7,19 +8,20 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from helpers.core import data
 from helpers.core.stats import bootstrap_ci, paired_bootstrap_ci
-from helpers.core.steering import generate, sae_feature_vector
-from helpers.core.text import distinct_n, repetition_rate
+from helpers.core.steering import feature_edit, generate
+from helpers.core.text import chunk_text, distinct_n, repetition_rate
 
 from .answers import answers_match, extract_numeric_answer, reflection_word_rate
 from .reason_score import REASONING_WORDS, reasoning_token_sequences, word_key
 
-__all__ = ["COT_SUFFIX", "GROUPS", "ban_logit_bias", "build_reasoning_corpus", "generation_metrics", "group_of",
-           "random_frequent_words", "steering_curve", "steering_experiment", "summarize_conditions",
-           "word_ban_experiment"]
+__all__ = ["COT_SUFFIX", "GROUPS", "ban_logit_bias", "build_reasoning_corpus", "continuation_prompts", "eval_windows",
+           "generation_experiment", "generation_metrics", "group_of", "random_frequent_words", "split_traces",
+           "summarize_conditions"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,19 +78,56 @@ GROUPS = {"uncertainty": ["maybe", "perhaps", "hmm"], "exploration": ["alternati
           "reflection": ["wait", "let me", "therefore"]}
 
 
-def build_reasoning_corpus(n_traces: int, n_solutions: int, *, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Reasoning text for ReasonScore: DeepSeek-R1-distill ``<think>`` traces (the paper's kind of corpus) and GSM8K
-    / MATH-500 worked solutions; returns ``(texts, sources)``. Model-generated chain-of-thought is added by the
-    notebook (it needs the model)."""
-    rng = np.random.default_rng(seed)
+def split_traces(n_corpus: int, n_eval: int, *, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Disjoint DeepSeek-R1-distill ``<think>`` traces: ``n_corpus`` for ReasonScore and ``n_eval`` held out for the
+    causal tests (a seeded permutation of the 500 traces; raises when more are asked than exist)."""
     traces = data.load("r1-traces")["response"].tolist()
+    if n_corpus < 0 or n_eval < 0 or n_corpus + n_eval > len(traces):
+        raise ValueError(f"n_corpus + n_eval must be between 0 and {len(traces)} (the traces available), "
+                         f"got {n_corpus} + {n_eval}")
+    order = np.random.default_rng(seed).permutation(len(traces))
+    return [traces[i] for i in order[:n_corpus]], [traces[i] for i in order[n_corpus:n_corpus + n_eval]]
+
+
+def build_reasoning_corpus(traces: Sequence[str], n_solutions: int, *, chunk_chars: int = 800,
+                           seed: int = 0) -> tuple[list[str], list[str]]:
+    """Reasoning text for ReasonScore: *whole* R1-distill traces cut into chunks of about ``chunk_chars`` characters
+    at sentence boundaries (a 256-token cut of each trace keeps 9 of its 308 "alternatively"), plus ``n_solutions``
+    GSM8K / MATH-500 worked solutions; returns ``(texts, sources)``."""
+    rng = np.random.default_rng(seed)
     gsm = data.load("gsm8k-train")
     sols = [f"{q}\n{a}" for q, a in zip(gsm["question"], gsm["answer"])]
     m5 = data.load("math500")
     sols += [f"{q}\n{s}" for q, s in zip(m5["problem"], m5["solution"])]
-    t = [traces[i] for i in rng.choice(len(traces), size=min(n_traces, len(traces)), replace=False)]
+    t = [c for tr in traces for c in chunk_text(tr, chunk_chars)]
     s = [sols[i] for i in rng.choice(len(sols), size=min(n_solutions, len(sols)), replace=False)]
     return t + s, ["r1-trace"] * len(t) + ["solution"] * len(s)
+
+
+def eval_windows(tokenizer, traces: Sequence[str], length: int, *, seed: int = 0) -> torch.Tensor:
+    """One window of ``length`` tokens per held-out trace (seeded random offset; traces shorter than ``length``
+    are skipped), stacked ``(n, length)`` for teacher-forced runs without padding."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for tr in traces:
+        ids = tokenizer(tr, add_special_tokens=False)["input_ids"]
+        if len(ids) >= length:
+            off = int(rng.integers(0, len(ids) - length + 1))
+            rows.append(ids[off:off + length])
+    if not rows:
+        raise ValueError(f"no held-out trace has {length} tokens: lower eval_length")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def continuation_prompts(traces: Sequence[str], *, min_chars: int = 300, max_chars: int = 600) -> list[str]:
+    """Prompts that make the model continue *mid-reasoning*: each trace cut right after a sentence end between
+    ``min_chars`` and ``max_chars`` (the next token starts a sentence, where "Wait", "But", "Maybe" start)."""
+    out = []
+    for tr in traces:
+        cut = max(tr.rfind(". ", min_chars, max_chars), tr.rfind(".\n", min_chars, max_chars))
+        if cut > 0:
+            out.append(tr[:cut + 1])
+    return out
 
 
 def group_of(scores_row, words: Sequence[str], groups: Mapping[str, Sequence[str]] = GROUPS,
@@ -141,50 +180,20 @@ def summarize_conditions(df: pd.DataFrame, metrics: Sequence[str] = ("correct", 
     return pd.DataFrame(rows)
 
 
-def steering_experiment(model, tokenizer, sae, layer: int, problems: Sequence[str], golds: Sequence[str],
-                        features: Sequence[int], f_max: Mapping[int, float], gammas: Sequence[float], *,
-                        random_features: Sequence[int] = (), max_new_tokens: int = 128, batch_size: int = 8,
-                        steer_prompt: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Greedy generation on the same problems under: no steering, each feature at each ``gamma`` (vector
-    ``gamma * f_max * W_dec[i]``, Sec. 5 of the paper), and random-feature controls at each non-zero gamma."""
-    prompts = [p + COT_SUFFIX for p in problems]
-    runs = [("no steering", None, 0.0)]
-    runs += [(f"feature {i} γ={g:g}", i, g) for i in features for g in gammas if g != 0]
-    runs += [(f"random {i} γ={g:g}", i, g) for i in random_features for g in gammas if g != 0]
+def generation_experiment(model, tokenizer, layer: int, prompts: Sequence[str], conditions: Sequence, *, sae=None,
+                          bans: Mapping[str, list[list[int]]] | None = None, golds: Sequence[str] | None = None,
+                          chat: bool = False, max_new_tokens: int = 48, batch_size: int = 8,
+                          progress: bool = True) -> pd.DataFrame:
+    """Greedy generation on the same prompts with no edit, under each ``Condition`` (an SAE-feature clamp/addition
+    at ``layer``, every position from 1 on, prompt included, as the released code's hook), and under each word ban
+    ``{name: bad_words_ids}``. One row per (condition, prompt) with :func:`generation_metrics`."""
+    runs = [("no edit", None, None)] + [(c.name, c, None) for c in conditions]
+    runs += [(name, None, ban) for name, ban in (bans or {}).items()]
     frames = []
-    for name, latent, gamma in tqdm(runs, desc="steering conditions", disable=not progress):
-        vec = None if latent is None else sae_feature_vector(sae, latent, f_max[latent], gamma)
-        gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, layer=layer if vec is not None else None,
-                        vector=vec, from_prompt=steer_prompt, batch_size=batch_size)
-        frames.append(generation_metrics(gens, golds).assign(condition=name, latent=latent, gamma=gamma,
-                                                             kind=name.split()[0] if latent is not None else "none"))
+    for name, c, ban in tqdm(runs, desc="generation conditions", disable=not progress):
+        edit = None if c is None else feature_edit(sae, c.latent, c.value, mode=c.mode)
+        gens = generate(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, layer=layer if edit else None,
+                        edit=edit, bad_words_ids=ban, batch_size=batch_size, chat=chat)
+        frames.append(generation_metrics(gens, golds).assign(condition=name, kind=c.kind if c else "none",
+                                                             latent=c.latent if c else -1, gamma=c.gamma if c else 0.0))
     return pd.concat(frames, ignore_index=True)
-
-
-def word_ban_experiment(model, tokenizer, problems: Sequence[str], golds: Sequence[str], words: Sequence[str],
-                        control_words: Sequence[str], *, max_new_tokens: int = 128, batch_size: int = 8,
-                        progress: bool = True) -> pd.DataFrame:
-    """Greedy generation with no ban, with every variant of the reasoning words forbidden (``bad_words_ids``), and
-    with an equal number of random frequent words forbidden (control)."""
-    prompts = [p + COT_SUFFIX for p in problems]
-    frames = []
-    for name, ban in (("no ban", None), ("ban reasoning words", ban_logit_bias(tokenizer, words)),
-                      ("ban random words", ban_logit_bias(tokenizer, control_words))):
-        gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, bad_words_ids=ban,
-                        batch_size=batch_size)
-        frames.append(generation_metrics(gens, golds).assign(condition=name))
-    return pd.concat(frames, ignore_index=True)
-
-
-def steering_curve(steer: pd.DataFrame, metrics: Sequence[str] = ("reflection_rate", "n_tokens", "distinct_2")
-                   ) -> pd.DataFrame:
-    """Mean of each metric per steered feature and gamma, with the no-steering baseline as every feature's gamma = 0
-    point (tidy: columns feature, gamma, *metrics), for plotting metric-vs-gamma curves."""
-    steered = steer[steer.latent.notna()]
-    curve = steered.groupby(["kind", "latent", "gamma"])[list(metrics)].mean().reset_index()
-    base = steer[steer.latent.isna()][list(metrics)].mean()
-    zero = curve[["kind", "latent"]].drop_duplicates().assign(gamma=0.0, **{m: float(base[m]) for m in metrics})
-    curve = pd.concat([zero, curve], ignore_index=True)
-    curve["feature"] = curve.kind + " " + curve.latent.astype(int).astype(str)
-    return curve.sort_values(["feature", "gamma"]).reset_index(drop=True)
-

@@ -36,6 +36,11 @@ Choices where the paper is silent (one line each; "code" = the released code):
 * Windows never cross documents here. The code tokenises with ``tokenize_and_concatenate`` (documents packed into
   fixed-length rows), so there a window can spill into the neighbouring document inside a row.
 * A token can sit in the windows of several words; it then counts for each of those words' D_{r_j}^W (as in code).
+* Outlier tokens: the toolkit's one policy (:func:`helpers.core.activations.ordinary_token_masks`: position 0, the
+  attention sink, and tokens above 5x the median residual norm) is passed as ``keep``; excluded tokens leave every
+  set. Without it the sink (mean summed activation ~170k vs ~435 for an ordinary token at SmolLM2 block 15) sits
+  in D_notR^W, inflates its normaliser ~3x and promotes sink-firing latents (the released code runs a model whose
+  BOS it ignores by id; here the sink is not a special token, so it is excluded by position).
 * D_notR^W = every non-ignored token outside all windows. ``ignore_token_ids`` (the code ignores BOS/EOS,
   ``--ignore_tokens 128000,128001``) removes tokens from every set after windowing; default: none ignored.
 * |R| in the entropy = the words that occur at least once in the corpus (never-seen words have no defined mean and
@@ -65,7 +70,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["PAPER_REASON_TOKENS", "REASONING_WORDS", "ReasonScoreAccumulator", "find_word_positions", "reason_score",
+__all__ = ["PAPER_REASON_TOKENS", "REASONING_WORDS", "ReasonScoreAccumulator", "compare_selections", "find_word_positions",
+           "reason_score",
            "reasoning_token_sequences", "select_features", "window_masks"]
 
 #: The paper's reasoning vocabulary R (10 words; "let me" is a phrase).
@@ -216,8 +222,10 @@ class ReasonScoreAccumulator:
         self._counts = np.zeros(2 + len(self.words), dtype=np.int64)
         self.occurrences = Counter()
 
-    def update(self, acts: torch.Tensor, token_ids) -> None:
-        """Add one document: ``acts`` (T, n_features) latent activations, ``token_ids`` its T token ids."""
+    def update(self, acts: torch.Tensor, token_ids, keep: torch.Tensor | None = None) -> None:
+        """Add one document: ``acts`` (T, n_features) latent activations, ``token_ids`` its T token ids, ``keep`` an
+        optional (T,) boolean mask of the tokens that count (the outlier policy's ordinary tokens; windows are
+        still found on the whole document, excluded tokens are then dropped from every set)."""
         ids = _as_int_array(token_ids)
         if acts.ndim != 2 or acts.shape[0] != len(ids):
             raise ValueError(f"acts must be (T, n_features) with T = len(token_ids) = {len(ids)}, "
@@ -235,7 +243,13 @@ class ReasonScoreAccumulator:
         matches = find_word_positions(ids, self.sequences)
         self.occurrences.update(w for _, _, w in matches)
         union, per_word = window_masks(T, matches, before=self.before, after=self.after, words=self.words)
-        keep = torch.from_numpy(~np.isin(ids, self.ignore)) if len(self.ignore) else torch.ones(T, dtype=torch.bool)
+        ok = torch.from_numpy(~np.isin(ids, self.ignore)) if len(self.ignore) else torch.ones(T, dtype=torch.bool)
+        if keep is not None:
+            keep = torch.as_tensor(keep, dtype=torch.bool).reshape(-1)
+            if len(keep) != T:
+                raise ValueError(f"keep mask has {len(keep)} entries for a document of {T} tokens")
+            ok = ok & keep
+        keep = ok
         masks = torch.stack([union & keep, ~union & keep] + [per_word[w] & keep for w in self.words])
         self._counts += masks.sum(1).numpy()
         a = acts.detach().to("cpu", torch.float32)
@@ -316,7 +330,7 @@ def _split_docs(acts, token_ids, doc_index):
 
 def reason_score(acts: torch.Tensor | list[torch.Tensor], token_ids: list, sequences: Mapping[str, Sequence[Sequence[int]]],
                  *, alpha: float = 0.7, before: int = 2, after: int = 3, doc_index=None,
-                 ignore_token_ids: Iterable[int] | None = None) -> pd.DataFrame:
+                 ignore_token_ids: Iterable[int] | None = None, keep: Sequence[torch.Tensor] | None = None) -> pd.DataFrame:
     """ReasonScore of every SAE latent (Galichin et al. 2025, Eq. 3-6).
 
     Inputs: ``acts`` are SAE latent activations, either
@@ -343,9 +357,35 @@ def reason_score(acts: torch.Tensor | list[torch.Tensor], token_ids: list, seque
     remaining choices and the differences from the released code.
     """
     acc = ReasonScoreAccumulator(sequences, before=before, after=after, ignore_token_ids=ignore_token_ids)
-    for a, ids in _split_docs(acts, token_ids, doc_index):
-        acc.update(a, ids)
+    docs = list(_split_docs(acts, token_ids, doc_index))
+    if keep is not None and len(keep) != len(docs):
+        raise ValueError(f"keep has {len(keep)} masks for {len(docs)} documents (one per document)")
+    for j, (a, ids) in enumerate(docs):
+        acc.update(a, ids, None if keep is None else keep[j])
     return acc.result(alpha=alpha)
+
+
+def compare_selections(scores: Mapping[str, pd.DataFrame], reference: str, q: float = 0.997, *,
+                       top: int = 100) -> pd.DataFrame:
+    """How a choice (window convention, sink handling, ...) changes the selection: for each named score table,
+    the number of selected features, how many of the ``reference`` selection it shares, and the Spearman rank
+    correlation of the scores with the reference's over all features and over the union of both top-``top``."""
+    from scipy.stats import spearmanr
+
+    if reference not in scores:
+        raise KeyError(f"reference {reference!r} is not one of {list(scores)}")
+    ref = scores[reference]["score"]
+    ref_sel = set(select_features(scores[reference], q))
+    rows = []
+    for name, df in scores.items():
+        sel = select_features(df, q)
+        s = df["score"].reindex(ref.index)
+        union = sorted(set(ref.nlargest(top).index) | set(s.nlargest(top).index))
+        rows.append({"scoring": name, "n_selected": len(sel), "shared_with_reference": len(ref_sel & set(sel)),
+                     "spearman_all": float(spearmanr(ref, s, nan_policy="omit").statistic),
+                     f"spearman_top{top}": float(spearmanr(ref[union], s[union]).statistic),
+                     "top5": sel[:5]})
+    return pd.DataFrame(rows).set_index("scoring")
 
 
 def select_features(scores: pd.DataFrame, q: float = 0.997) -> list[int]:
