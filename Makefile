@@ -15,12 +15,13 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 PYTEST_ARGS ?=
 
-.PHONY: help setup data models run lint test test-other-cpu test-fast bench lab clean publish readme sweep $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
+.PHONY: help setup data models run lint test course site browser test-other-cpu test-fast bench lab clean publish readme sweep $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
 
 help:
 	@echo "make run    - set up .venv, fetch data, execute every notebook (PROFILE=$(PROFILE)) into outputs/"
 	@echo "make test   - set up, fetch data, run the whole test suite (units, papermill smoke runs, nbval)"
 	@echo "make run-<notebook>, make bench, make lab, make publish-<notebook>, make readme, make clean"
+	@echo "make course - student + solution copies of every notebook (outputs/course/); make site - HTML book (outputs/site/)"
 	@echo "make sweep SWEEP=notebooks/sweeps/<name>.yaml [JOBS=2] [ENGINE=local|dask] - resumable parameter sweep"
 	@echo "notebooks: $(NOTEBOOKS)"
 
@@ -53,7 +54,7 @@ $(addprefix run-,$(NOTEBOOKS)): run-%: data
 
 # re-run a notebook with its default profile and copy the executed notebook over the committed one
 $(addprefix publish-,$(NOTEBOOKS)): publish-%: data
-	$(PY) -m helpers notebook run $* --profile default
+	TQDM_DISABLE=1 $(PY) -m helpers notebook run $* --profile default
 	$(PY) -m helpers notebook publish $*
 
 publish: $(addprefix publish-,$(NOTEBOOKS))
@@ -75,7 +76,7 @@ sweep: data
 lint: setup  ## ruff over helpers, tests, benchmarks and the notebooks (pyproject [tool.ruff])
 	$(VENV)/bin/ruff check .
 
-test: data lint
+test: data lint browser
 	$(PY) -m helpers notebook validate
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 $(PYTEST_ARGS)
@@ -83,6 +84,20 @@ test: data lint
 # the same suite with fp32 kernels restricted to AVX2: numbers differ in the last bits, as on another CPU
 test-other-cpu:
 	MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 $(MAKE) test
+
+# course mode: outputs/course/{student,solutions}/<notebook>.ipynb from the committed notebooks (helpers/harness/course.py)
+course: setup
+	$(PY) -m helpers course
+
+# static HTML book of the README and every committed notebook (Sphinx + myst-nb, no execution) -> outputs/site/
+site: setup
+	$(PY) -m helpers site
+
+# Debian's chromium renders the site in the browser test (tests/harness/test_site.py); installed once, needs root
+browser:
+	@command -v chromium >/dev/null || { echo "[browser] installing Debian's chromium for the site test"; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
+	  { echo "[browser] could not install chromium: run 'sudo apt-get install chromium' (the site test needs it)"; exit 1; }; }
 
 test-fast: data  ## unit tests only (no notebook execution)
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)

@@ -3,13 +3,16 @@
     python -m helpers notebook run|publish|validate|table|readme ...   (helpers.harness.notebook)
     python -m helpers sweep run|aggregate ...                          (helpers.harness.sweep)
     python -m helpers data list|fetch ...                              (helpers.harness.data)
+    python -m helpers course [--out DIR]                               (helpers.harness.course)
+    python -m helpers site [--out DIR]                                 (helpers.harness.site)
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
-COMMANDS = {"notebook": "helpers.harness.notebook", "sweep": "helpers.harness.sweep", "data": "helpers.harness.data"}
+COMMANDS = {"notebook": "helpers.harness.notebook", "sweep": "helpers.harness.sweep", "data": "helpers.harness.data",
+            "course": "helpers.harness.course", "site": "helpers.harness.site"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import sys
 import time
@@ -199,6 +200,17 @@ def run_notebook(notebook: str | Path, profile: str = "default", *, overrides: d
     return target
 
 
+def is_progress_bar(output) -> bool:
+    """A tqdm bar in an executed cell's outputs: a text stream with ``12%|###  | 3/25``, or a widget view whose
+    plain-text form is not a widget class repr (an ipywidgets view reads ``VBox(children=...)``; tqdm's notebook bar
+    reads ``capture layers: 40%|...`` and may be cut before the percentage)."""
+    data = output.get("data", {})
+    text = output.get("text", "") + str(data.get("text/plain", ""))
+    if "application/vnd.jupyter.widget-view+json" in data:
+        return not re.match(r"^[A-Z][A-Za-z]*\(", str(data.get("text/plain", "")))
+    return bool(re.search(r"\d+%\|", text))
+
+
 def publish_notebook(notebook: str | Path) -> Path:
     """Copy ``outputs/<nb>/<nb>.ipynb`` (a default-profile run) over ``notebooks/<nb>.ipynb`` for committing.
 
@@ -221,6 +233,8 @@ def publish_notebook(notebook: str | Path) -> Path:
     for c in nb.cells:
         c.metadata.pop("papermill", None)
         c.metadata.pop("execution", None)
+        if c.cell_type == "code":  # a committed notebook carries no frozen progress bars (they show live only)
+            c.outputs = [o for o in c.outputs if not is_progress_bar(o)]
     nbformat.write(nb, NOTEBOOKS_DIR / f"{stem}.ipynb")
     # the published run's results.json is committed beside the notebook: tests/notebooks/test_results.py checks
     # the claims' expected values against it, and a fresh run against those values

@@ -7,7 +7,7 @@ import re
 import nbformat
 import pytest
 
-from helpers.harness.notebook import NOTEBOOKS_DIR
+from helpers.harness.notebook import NOTEBOOKS_DIR, is_progress_bar
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
@@ -65,6 +65,5 @@ def test_imports_use_full_module_names(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_no_frozen_progress_bars(path):
     frozen = [i for i, c in enumerate(_cells(path)) if c.cell_type == "code"
-              and any(re.search(r"\d+%\|", o.get("text", "") + str(o.get("data", {}).get("text/plain", "")))
-                      for o in c.get("outputs", []))]
+              and any(is_progress_bar(o) for o in c.get("outputs", []))]
     assert frozen == [], f"progress bars frozen in committed outputs of cells {frozen}"
