@@ -182,7 +182,7 @@ def check_projection_auroc(fn: Callable) -> None:
     from sklearn.metrics import roc_auc_score
 
     xp, xn = _pairs(seed=8)
-    v = torch.randn(12, generator=torch.Generator().manual_seed(9))
+    v = (xp - xn).mean(0) + 0.5 * torch.randn(12, generator=torch.Generator().manual_seed(9))  # a noisy concept direction
     s = torch.cat([xp @ v, xn @ v]).numpy()
     want = roc_auc_score(np.r_[np.ones(len(xp)), np.zeros(len(xn))], s)
     got = float(fn(v.clone(), xp.clone(), xn.clone()))
