@@ -440,13 +440,17 @@ README_METRICS = {
     "00_inside_a_language_model": ["capture.tokens_per_s", "logit_lens.", "probe.acc_full", "probe.acc_pca2",
                                    "probe.acc_shuffled"],
     "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
-    "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups."],
+    "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups.", "median_norm", "sink_norm", "sink_top_feature"],
     "03_steering_refinement": ["layer", "unsteered."],
     "04_scoring_skills": ["model", "optimized_minus_initial_qwk", "accepted_edits", "transfer."],
     "05_sweeps": ["n_points", "n_ok", "n_failed", "y_by_point."],
 }
-#: Record lists in results.json shown as condition x metric tables of means (with CIs).
-README_TABLES = {"02_reasoning_features": ["steering", "word_ban"], "03_steering_refinement": ["readme_gain"],
+#: Record lists in results.json shown as condition x metric tables of means (with CIs); a tuple names the fields
+#: (list key, row field, column field, value field) of other record layouts.
+README_TABLES = {"02_reasoning_features": [("contrast", "gamma", "measure", "selected_minus_random"),
+                                           ("contrast_non_reasoning", "gamma", "measure", "selected_minus_non-reasoning"),
+                                           "generation"],
+                 "03_steering_refinement": ["readme_gain"],
                  "04_scoring_skills": ["summary", "model_choice"]}
 
 
@@ -461,12 +465,13 @@ def readme_results(digits: int = 3) -> str:
         flat = _flatten(res.get("metrics", {}))
         keys = [k for k in flat if any(k.startswith(p) for p in README_METRICS.get(nb, [""]))]
         rows = [f"| `{k}` | {round(flat[k], digits) if isinstance(flat[k], float) else flat[k]} |" for k in keys]
-        for tkey in README_TABLES.get(nb, []):
+        for spec in README_TABLES.get(nb, []):
+            tkey, cf, mf, vf = (spec, "condition", "metric", "mean") if isinstance(spec, str) else spec
             recs = res["metrics"].get(tkey, [])
-            metrics = list(dict.fromkeys(r["metric"] for r in recs))
-            conds = list(dict.fromkeys(r["condition"] for r in recs))
-            cell = {(r["condition"], r["metric"]): f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" for r in recs}
-            rows.append(f"\n`{tkey}` (mean [95% bootstrap CI]):\n\n| condition | " + " | ".join(metrics) + " |\n|---|"
+            metrics = list(dict.fromkeys(r[mf] for r in recs))
+            conds = list(dict.fromkeys(r[cf] for r in recs))
+            cell = {(r[cf], r[mf]): f"{r[vf]:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" for r in recs}
+            rows.append(f"\n`{tkey}` ({vf} [95% bootstrap CI]):\n\n| {cf} | " + " | ".join(metrics) + " |\n|---|"
                         + "---|" * len(metrics) + "\n" + "\n".join(f"| {c} | " + " | ".join(cell.get((c, m), "") for m in metrics)
                                                               + " |" for c in conds))
         parts.append(f"**{nb}** (profile `{res.get('profile')}`, {res['timings'].get('total', 0):.0f} s on "
