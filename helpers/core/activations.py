@@ -179,16 +179,10 @@ def capture(model, tokenizer, texts: Sequence[str], layers: int | Sequence[int],
 
 def logit_lens(model, hidden: torch.Tensor, *, apply_norm: bool = True) -> torch.Tensor:
     """Read residual vectors through the model's final norm and unembedding: ``(..., d) -> (..., vocab)`` logits."""
-    norm = None
-    for path in ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
-        obj = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if obj is not None:
-            norm = obj
-            break
+    try:
+        norm = _final_norm(model)
+    except TypeError:
+        norm = None
     head = model.get_output_embeddings()
     p = next(head.parameters())
     with torch.inference_mode():
