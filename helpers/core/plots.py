@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import seaborn as sns
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 __all__ = ["barplot", "facet_lineplot", "heatmap", "histplot", "lineplot", "scatter"]
 
@@ -26,6 +27,12 @@ def heatmap(table, *, title: str, xlabel: str, ylabel: str, cmap: str = "viridis
 
 def lineplot(data, *, x: str, y: str, hue: str | None = None, title: str, xlabel: str, ylabel: str,
              logy: bool = False, figsize=(7, 3.5), marker: str = "o"):
+    """A line per ``hue``. When every ``y`` is the same value the chart is replaced by a sentence (printed) and
+    ``None`` is returned (``Run.savefig`` skips it): a flat line at one value reads as a result."""
+    if data[y].nunique(dropna=True) <= 1:
+        value = data[y].dropna().iloc[0] if data[y].notna().any() else "missing"
+        print(f"{title}: every value of {ylabel} is {value} (no chart drawn).")
+        return None
     fig, ax = plt.subplots(figsize=figsize)
     sns.lineplot(data=data, x=x, y=y, hue=hue, ax=ax, marker=marker)
     if logy:
@@ -58,6 +65,11 @@ def facet_lineplot(data, *, x: str, y: str, hue: str, col: str, title: str, xlab
                     facet_kws={"sharey": False}, errorbar=errorbar)
     if logx:
         g.set(xscale="log")
+        ticks = sorted({float(v) for v in data[x].dropna().unique() if float(v) > 0})
+        for ax in g.axes.flat:  # plain ticks at the data's own x values, no 2x10^1-style minor labels
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
     g.set_axis_labels(xlabel, ylabel)
     g.figure.suptitle(title, fontsize=12, y=1.04)
     return g.figure

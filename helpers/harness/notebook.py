@@ -348,8 +348,11 @@ class Run:
     def path(self, name: str) -> Path:
         return self.output_dir / name
 
-    def savefig(self, fig, name: str, dpi: int = 110) -> Path:
-        """Save a matplotlib/seaborn figure as ``<output_dir>/figures/<name>.png`` (it is still shown inline)."""
+    def savefig(self, fig, name: str, dpi: int = 110) -> Path | None:
+        """Save a matplotlib/seaborn figure as ``<output_dir>/figures/<name>.png`` (it is still shown inline);
+        ``None`` (a plot replaced by a sentence, e.g. all-constant data) is skipped."""
+        if fig is None:
+            return None
         p = self.output_dir / "figures" / f"{name}.png"
         p.parent.mkdir(parents=True, exist_ok=True)
         fig = getattr(fig, "figure", fig)
