@@ -110,7 +110,7 @@ def test_02_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
     """A random SAE in SAELens layout stands in for andreuka18's SAE, the tiny Llama for R1-Distill-Llama-8B."""
     sae_dir = _random_sae_folder(tmp_path / "sae")
     res, _ = _run("02_reasoning_features", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(sae_dir),
-                  dtype="float32", device="cpu", n_traces=3, n_solutions=3, chunk_chars=300, max_length=48,
+                  dtype="float32", device="cpu", n_traces=3, n_solutions=3, max_length=48, n_controls_per_feature=1,
                   n_eval_docs=3, eval_length=48, n_steer_features=1, gammas=[0.0, 1.0], n_gen_prompts=2,
                   n_gen_features=1, gen_max_new_tokens=8, n_boot=100, quantile=0.95, batch_size=4)
     assert res["profile"] == "paper" and res["parameters"]["n_traces"] == 3

@@ -135,6 +135,10 @@ def test_control_features_are_frequency_matched_and_never_selected():
     assert R.control_features(freq, [0, 3], exclude=[1], seed=0) == ctrl  # seeded
     wide = R.control_features(np.array([0.5, 0.05, 0.0]), [0], exclude=[], seed=0)
     assert wide == [1]  # the band widens until a live latent fits; the dead one (freq 0) is never chosen
+    two = R.control_features(freq, [0], exclude=[], per_target=2, seed=0)
+    assert sorted(two) == [1, 2]  # two per target, both within the band, none twice
+    with pytest.raises(ValueError, match="only 1 live"):
+        R.control_features(np.array([0.5, 0.05, 0.0]), [0], exclude=[], per_target=2, seed=0, tolerance=1e4)
 
 
 def test_teacher_forced_effects_null_edit_is_zero_and_a_big_edit_costs(tiny, random_sae):
@@ -153,15 +157,19 @@ def test_teacher_forced_effects_null_edit_is_zero_and_a_big_edit_costs(tiny, ran
     assert set(pw.word) == {w for _, _, w in sites.word} and len(eff) == 4
 
 
-def test_specificity_contrast_recovers_a_planted_difference():
+def test_specificity_contrast_recovers_a_planted_difference_and_counts_feature_spread():
     rng = np.random.default_rng(0)
     rows = []
     for d in range(30):
         base = rng.normal()
-        for kind, shift in (("selected", 0.5), ("random", 0.0)):
-            for latent in (1, 2):
+        for kind, shift, spread in (("selected", 0.5, 0.0), ("random", 0.0, 0.0), ("scattered", 0.0, 1.0)):
+            for latent in (1, 2, 3):
+                offset = spread * (latent - 2)  # the "scattered" controls differ by feature, not by document
                 rows.append({"condition": f"{kind} {latent}", "kind": kind, "latent": latent, "gamma": 1.0, "doc": d,
-                             "d_mass": base + shift + 0.01 * rng.normal(), "specificity": 0.0, "d_word": 0.0, "d_other": 0.0})
-    c = R.specificity_contrast(pd.DataFrame(rows), measures=("d_mass",), n_boot=500)
-    row = c.iloc[0]
+                             "d_mass": base + shift + offset + 0.01 * rng.normal()})
+    eff = pd.DataFrame(rows)
+    row = R.specificity_contrast(eff, measures=("d_mass",), n_boot=500).iloc[0]
     assert row["selected_minus_random"] == pytest.approx(0.5, abs=0.02) and row.ci_low > 0.45 and row.n == 30
+    wide = R.specificity_contrast(eff, control="scattered", measures=("d_mass",), n_boot=500).iloc[0]
+    # same mean difference, but three controls that disagree by +-1 make the interval wide: features are resampled
+    assert wide["selected_minus_scattered"] == pytest.approx(0.5, abs=0.02) and wide.ci_high - wide.ci_low > 0.8
