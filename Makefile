@@ -97,6 +97,7 @@ site: setup
 browser:
 	@command -v chromium >/dev/null || { echo "[browser] installing Debian's chromium for the site test"; \
 	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
+	  { command -v sudo >/dev/null && sudo apt-get update -q >/dev/null && sudo apt-get install -y -q chromium >/dev/null; } || \
 	  { echo "[browser] could not install chromium: run 'sudo apt-get install chromium' (the site test needs it)"; exit 1; }; }
 
 test-fast: data  ## unit tests only (no notebook execution)
