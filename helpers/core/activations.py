@@ -124,7 +124,13 @@ def _forward_capture(model, enc: dict, layers: list[int], stop_early: bool) -> d
 
         return hook
 
-    handles = [blocks[l].register_forward_hook(make_hook(l)) for l in layers]
+    _forward_with_hooks(model, enc, [blocks[l].register_forward_hook(make_hook(l)) for l in layers])
+    return out
+
+
+def _forward_with_hooks(model, enc: dict, handles: list) -> None:
+    """One forward pass (no grad, no KV cache) that a hook may cut short with ``_StopForward``; the hooks are
+    removed afterwards whatever happens."""
     try:
         with torch.inference_mode():
             model(**enc, use_cache=False)
@@ -133,7 +139,6 @@ def _forward_capture(model, enc: dict, layers: list[int], stop_early: bool) -> d
     finally:
         for h in handles:
             h.remove()
-    return out
 
 
 def _tokenize(tokenizer, texts: Sequence[str], max_length: int, add_special_tokens: bool, device):
@@ -487,8 +492,8 @@ class ResumableForward:
     on the same token batch needs the early blocks only once: ``resid`` is the residual after block ``layer``
     (``(B, T, d)``) and :meth:`logits` runs blocks ``layer+1 ..`` (with the exact keyword arguments - attention
     mask, rotary embeddings - the model passed them in the first pass), the final norm and the unembedding.
-    ``logits(resid)`` reproduces the full forward's logits (up to float rounding of a different op order: none
-    here, the same kernels run on the same inputs). ``positions`` restricts the unembedding to some positions.
+    ``log_probs(resid)`` reproduces the full forward's log-probabilities exactly (the same kernels on the same
+    inputs; a test checks); ``rows``/``cols`` restrict the unembedding to some positions.
     """
 
     def __init__(self, model, input_ids: torch.Tensor, layer: int, attention_mask: torch.Tensor | None = None):
@@ -514,14 +519,7 @@ class ResumableForward:
         enc = {"input_ids": input_ids.to(model.device)}
         if attention_mask is not None:
             enc["attention_mask"] = attention_mask.to(model.device)
-        try:
-            with torch.inference_mode():
-                model(**enc, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        _forward_with_hooks(model, enc, handles)
         if "resid" not in captured:
             raise RuntimeError(f"the forward pass never reached block {self.layer}")
         self.resid = captured["resid"]
