@@ -11,6 +11,23 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: Thread settings a test may change in this process (Dask's nanny writes OMP_NUM_THREADS=1 & co. into the parent's
+#: os.environ); left changed, the nbval kernels started later in the session would run on one core.
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
+@pytest.fixture(autouse=True)
+def _thread_env_restored():
+    before = {k: os.environ.get(k) for k in _THREAD_VARS}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def smol():
     """SmolLM2-135M-Instruct in float32: (model, tokenizer)."""

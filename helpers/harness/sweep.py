@@ -275,13 +275,9 @@ def sweep_dir(sw: Sweep, root: str | Path | None = None) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _pinned_threads(n: int | None):
-    """Set the thread-count variables the kernel inherits (restored afterwards)."""
-    if not n:
-        yield
-        return
-    old = {k: os.environ.get(k) for k in THREAD_ENV}
-    os.environ.update({k: str(int(n)) for k in THREAD_ENV})
+def _restored_env(keys):
+    """Put the given environment variables back as they were when the block ends."""
+    old = {k: os.environ.get(k) for k in keys}
     try:
         yield
     finally:
@@ -290,6 +286,17 @@ def _pinned_threads(n: int | None):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _pinned_threads(n: int | None):
+    """Set the thread-count variables the kernel inherits (restored afterwards)."""
+    if not n:
+        yield
+        return
+    with _restored_env(THREAD_ENV):
+        os.environ.update({k: str(int(n)) for k in THREAD_ENV})
+        yield
 
 
 @contextlib.contextmanager
@@ -407,6 +414,10 @@ def _run_dask(tasks: list[dict], jobs: int, address: str | None, progress: bool)
     from tqdm.auto import tqdm
 
     with contextlib.ExitStack() as stack:
+        # Dask's nanny writes its pre-spawn environment (OMP_NUM_THREADS=1, ...) into *this* process's os.environ;
+        # left there, every kernel started later by this process (nbval in `make test`, the next notebook run)
+        # would run single-threaded. Restore it when the sweep ends.
+        stack.enter_context(_restored_env(THREAD_ENV + ("MALLOC_TRIM_THRESHOLD_",)))
         if address:
             client = stack.enter_context(Client(address, timeout="30s"))
         else:

@@ -191,7 +191,10 @@ def test_dask_engine_local_cluster_matches_the_process_pool(tiny_nb, tmp_path):
     pytest.importorskip("distributed")
     spec = _spec(tiny_nb, points=[{"x": 5.0, "fail": True}])
     local = S.run_sweep(spec, jobs=1, threads=1, root=tmp_path / "local", progress=False).table
+    threads_before = {v: os.environ.get(v) for v in S.THREAD_ENV}
     rep = S.run_sweep(spec, jobs=2, engine="dask", threads=1, root=tmp_path / "dask", progress=False)
+    # Dask's nanny sets OMP_NUM_THREADS=1 etc. in this process; the sweep puts them back (else nbval kernels run on 1 core)
+    assert {v: os.environ.get(v) for v in S.THREAD_ENV} == threads_before
     cols = ["point_id", "status", "error", "x", "y", "threads"]
     pd.testing.assert_frame_equal(local[cols], rep.table[cols])
     assert rep.failed and (rep.folder / rep.failed[0] / "traceback.txt").exists()
