@@ -252,7 +252,7 @@ def test_real_notebook_point_through_the_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "helpers", "sweep", "run", str(sweep_file), "--limit", "1", "--threads",
                         "1", "--root", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    table = pd.read_csv(tmp_path / "example_00_smoke" / "sweep.csv")
+    table = pd.read_csv(tmp_path / "example_00_smoke" / "sweep.csv", dtype={"point_id": str})  # a hex id can read as a float
     row = table.iloc[0]
     assert row.status == "ok" and row.pca_depth == 0.25 and row.n_per_set == 8
     assert 0.5 < row["probe.acc_pca2"] <= 1.0 and row["probe.block"] == 7  # int(0.25 * 30)
