@@ -272,7 +272,7 @@ class LatentExplainer:
 
 
 def explanation_table(model, tokenizer, layer: int, *, store=None, n_docs: int = 1500, progress: bool = False,
-                      outlier_factor: float = 5.0) -> TokenTable:
+                      outlier_factor: float = A.OUTLIER_NORM_FACTOR) -> TokenTable:
     """Token activations to explain latents with: the first ``n_docs`` texts of ``store`` (an
     :class:`~helpers.core.activations.ActivationStore` that already holds block ``layer``, e.g. the SAE's training
     cache that :func:`helpers.harness.artifacts.resolve_sae` returns: no new forward passes); without a store, a
@@ -288,7 +288,7 @@ def explanation_table(model, tokenizer, layer: int, *, store=None, n_docs: int =
     return drop_outlier_tokens(table, factor=outlier_factor)
 
 
-def drop_outlier_tokens(table: TokenTable, factor: float = 5.0) -> TokenTable:
+def drop_outlier_tokens(table: TokenTable, factor: float = A.OUTLIER_NORM_FACTOR) -> TokenTable:
     """Remove tokens whose residual norm exceeds ``factor`` x the median (rare sink-like tokens, notebook 01): they
     switch on many latents at once and would become every such latent's "top context"."""
     n = table.x.norm(dim=-1)

@@ -462,7 +462,7 @@ def max_activation(latents: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([l.max(0).values for l in nonempty]).max(0).values
 
 
-def outlier_token_stats(x: torch.Tensor, factor: float = 5.0) -> dict[str, float]:
+def outlier_token_stats(x: torch.Tensor, factor: float = A.OUTLIER_NORM_FACTOR) -> dict[str, float]:
     """Tokens whose residual norm exceeds ``factor`` x the median: their share, and the max/median norm ratio.
     Rare sink-like tokens with enormous norms dominate any squared-error batch they land in."""
     n = x.norm(dim=-1)

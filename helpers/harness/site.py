@@ -8,13 +8,12 @@ it) and frozen progress bars.
 """
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from .notebook import NOTEBOOKS_DIR, OUTPUTS_DIR, PROJECT_ROOT, notebook_names
+from .notebook import NOTEBOOKS_DIR, OUTPUTS_DIR, PROJECT_ROOT, is_progress_bar, notebook_names
 
 __all__ = ["build_site", "stage_site", "static_outputs"]
 
@@ -29,8 +28,7 @@ def static_outputs(nb):
             continue
         keep = []
         for o in c.outputs:
-            text = o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-            if WIDGET_MIME in o.get("data", {}) or re.search(r"\d+%\|", text):
+            if WIDGET_MIME in o.get("data", {}) or is_progress_bar(o):
                 dropped += 1
             else:
                 keep.append(o)
