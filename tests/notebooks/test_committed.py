@@ -67,3 +67,12 @@ def test_no_frozen_progress_bars(path):
     frozen = [i for i, c in enumerate(_cells(path)) if c.cell_type == "code"
               and any(is_progress_bar(o) for o in c.get("outputs", []))]
     assert frozen == [], f"progress bars frozen in committed outputs of cells {frozen}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_cells_with_outputs_have_an_execution_count(path):
+    """nbval fails any reference cell that has outputs but no execution count ("Unrun reference cell has
+    outputs"), even under --nbval-lax; outputs pasted in by hand must carry a count (this failed CI once)."""
+    unrun = [i for i, c in enumerate(_cells(path)) if c.cell_type == "code"
+             and c.get("outputs") and c.get("execution_count") is None]
+    assert unrun == [], f"cells with outputs but no execution_count: {unrun}"
