@@ -129,7 +129,8 @@ class OpenAIChat:
         return _DiskCache(self.cache_dir).path(self._keydict(messages, params))
 
     def _keydict(self, messages, params):
-        return {"base_url": self.base_url, "model": self.model, "messages": messages, "params": params}
+        url = getattr(self, "cache_key_url", None) or self.base_url
+        return {"base_url": url, "model": self.model, "messages": messages, "params": params}
 
     def _count(self, what: str) -> None:
         with self._lock:
@@ -186,6 +187,73 @@ class OpenAIChat:
 
                 it = tqdm(it, total=len(batch), desc=f"{self.model} x{self.concurrency}")
             return list(it)
+
+
+    # ---------------------------------------------------------------------------------------- likelihood
+    def label_distribution(self, prefix: str, suffixes: list[str], labels: list[str], *, system: str | None = None,
+                           answer_prefix: str = "", top_logprobs: int = 20,
+                           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Constrained next-token likelihood through the endpoint's log-probabilities (llama.cpp, vLLM and OpenAI
+        return the ``top_logprobs`` most likely first tokens): for each ``suffix`` the distribution over
+        ``labels`` of the first reply token to the user turn ``prefix + suffix`` (``answer_prefix`` is sent as
+        an assistant prefill, which llama.cpp continues).
+
+        Same return as :meth:`LocalChat.label_distribution`: ``(probs, mass)``. A label token may be spelled
+        with a leading space; such spellings are summed. A label outside the returned top-k gets the smallest
+        returned log-probability (an upper bound), counted in ``stats["labels_outside_topk"]``. Prefix caching is
+        the server's (llama.cpp ``cache_prompt``); every answer is cached on disk here.
+        """
+        labels = [str(x) for x in labels]
+        if len(set(labels)) != len(labels) or not labels:
+            raise ValueError(f"labels must be distinct and non-empty, got {labels}.")
+        if not 1 <= int(top_logprobs) <= 20:
+            raise ValueError(f"top_logprobs must be in 1..20 (the OpenAI API's limit), got {top_logprobs}.")
+        self.stats.setdefault("labels_outside_topk", 0)
+        msgs = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prefix + s}]
+                + ([{"role": "assistant", "content": answer_prefix}] if answer_prefix else []) for s in suffixes]
+        cache = _DiskCache(self.cache_dir, self.cache)
+
+        def one(m):
+            key = {**self._keydict(m, {"max_tokens": 1, "temperature": 0.0, "top_logprobs": int(top_logprobs)}),
+                   "kind": "label_distribution", "labels": labels}
+            hit = cache.get(key)
+            if hit is not None:
+                self._count("cached")
+                return hit
+            self._count("calls")
+            try:
+                resp = self._client().chat.completions.create(model=self.model, messages=m, max_tokens=1,
+                                                              temperature=0.0, logprobs=True,
+                                                              top_logprobs=int(top_logprobs))
+                top = resp.choices[0].logprobs.content[0].top_logprobs
+            except Exception as e:
+                self._count("errors")
+                raise LLMError(f"{self.base_url or 'OpenAI API'} model {self.model!r}: no log-probabilities "
+                               f"({type(e).__name__}: {str(e)[:300]}); the endpoint must support logprobs.") from e
+            found: dict[str, float] = {}
+            for t in top:
+                lab = t.token.strip()
+                if lab in labels:
+                    found[lab] = float(np.logaddexp(found.get(lab, -np.inf), t.logprob))
+            floor = min(t.logprob for t in top)
+            missing = [lab for lab in labels if lab not in found]
+            lp = np.array([found.get(lab, floor) for lab in labels])
+            value = {"logprobs": lp.tolist(), "missing": len(missing)}
+            cache.put(key, value)
+            return value
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            it = pool.map(one, msgs)
+            if progress:
+                from tqdm.auto import tqdm
+
+                it = tqdm(it, total=len(msgs), desc=f"score ({self.model})")
+            got = list(it)
+        lp = np.array([g["logprobs"] for g in got]).reshape(len(suffixes), len(labels))
+        self.stats["labels_outside_topk"] += int(sum(g["missing"] for g in got))
+        probs = np.exp(lp - lp.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        return probs, np.exp(lp).sum(1).clip(max=1.0)
 
 
 class LocalChat:
@@ -378,10 +446,28 @@ class LocalChat:
 
 def make_backend(model: str, *, base_url: str | None = None, api_key: str | None = None, dtype: str = "float32",
                  device: str = "cpu", batch_size: int = 8, concurrency: int = 4, timeout: float = 120.0,
-                 max_retries: int = 3, cache: bool = True) -> LocalChat | OpenAIChat:
-    """``base_url`` given: an ``OpenAIChat`` for ``model`` (the endpoint's model id); otherwise a ``LocalChat``
-    loading ``model`` (embedded name or local checkpoint directory)."""
+                 max_retries: int = 3, cache: bool = True, engine: str = "transformers",
+                 threads: int | None = None) -> LocalChat | OpenAIChat:
+    """The chat backend for ``model``.
+
+    * ``base_url`` given: an ``OpenAIChat`` for ``model`` (the endpoint's model id: vLLM, OpenAI, any server);
+    * ``engine="llama.cpp"``: the embedded GGUF ``model`` (or a ``.gguf`` path) served by llama.cpp
+      (:func:`helpers.core.llama_server.shared_server`, one server per process, ``concurrency`` slots) and an
+      ``OpenAIChat`` on it: the same client code as a remote endpoint, ~10x transformers' generation speed on CPU;
+    * ``engine="transformers"``: a ``LocalChat`` loading ``model`` (embedded name or checkpoint directory).
+    """
+    if engine not in ("transformers", "llama.cpp"):
+        raise ValueError(f"engine must be 'transformers' or 'llama.cpp', got {engine!r}.")
     if base_url:
         return OpenAIChat(model=model, base_url=base_url, api_key=api_key, timeout=timeout,
                           max_retries=max_retries, cache=cache, concurrency=concurrency)
+    if engine == "llama.cpp":
+        from .llama_server import shared_server
+
+        srv = shared_server(model, threads=threads, parallel=concurrency)
+        # the cache key holds base_url (a random port): key the local server by the model file instead
+        chat = OpenAIChat(model=srv.model_alias, base_url=srv.base_url, timeout=max(timeout, 600.0),
+                          max_retries=max_retries, cache=cache, concurrency=concurrency)
+        chat.cache_key_url = f"llama.cpp:{srv.gguf.name}"
+        return chat
     return LocalChat(model, dtype=dtype, device=device, batch_size=batch_size, cache=cache)
