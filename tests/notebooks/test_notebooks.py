@@ -102,8 +102,11 @@ def test_02_smoke(tmp_path):
     assert {"no edit", "ban reasoning words", "ban random words"} <= conds and any(c.startswith("selected") for c in conds)
     banned = [g for g in res["generations"]["generation"] if g["condition"] == "ban reasoning words"]
     assert banned and all(g["reflection_rate"] == 0.0 for g in banned)  # no reasoning word survives the ban
-    for fig in ("reasonscore_distribution", "per_word_heatmap", "activation_by_source", "causal_curves"):
+    for fig in ("reasonscore_distribution", "per_word_heatmap", "activation_by_source", "causal_curves", "sal_levels"):
         assert (out / "figures" / f"{fig}.png").exists()
+    sal = m["sal"]  # SAL's code path: the smoke SAE, next-token rules, Qwen-0.5B judging through llama.cpp
+    assert 0 < sal["rules"] <= 20 and sal["unparsed"] + sal["errors"] <= sal["rules"]
+    assert sal["unparsed"] < sal["rules"] and 0 <= sal["n_rules"] <= sal["rules"] and "jsd strict-noisy" in sal
 
 
 def test_02_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_dir):
@@ -112,9 +115,11 @@ def test_02_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
     res, _ = _run("02_reasoning_features", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(sae_dir),
                   dtype="float32", device="cpu", n_traces=3, n_solutions=3, max_length=48, n_controls_per_feature=1,
                   n_eval_docs=3, eval_length=48, n_steer_features=1, gammas=[0.0, 1.0], n_gen_prompts=2,
-                  n_gen_features=1, gen_max_new_tokens=8, n_boot=100, quantile=0.95, batch_size=4)
+                  n_gen_features=1, gen_max_new_tokens=8, n_boot=100, quantile=0.95, batch_size=4,
+                  sal_layers=[2, 2], sal_judge="smollm2-135m-instruct", sal_n_texts=3, sal_max_rules=10, sal_n_perm=20)
     assert res["profile"] == "paper" and res["parameters"]["n_traces"] == 3
     assert res["provenance"]["layer"] == 2 and res["metrics"]["n_selected"] >= 1
+    assert res["parameters"]["sal_enabled"] and res["metrics"]["sal"]["rules"] >= 1  # the paper profile runs SAL
 
 
 def test_05_smoke_runs_one_point_of_the_example_sweep(tmp_path):

@@ -2,7 +2,7 @@
 
 Modules: ``reason_score`` (vocabulary, windows, Eq. 3-6, selection), ``answers`` (reading generations),
 ``experiments`` (corpus, held-out windows, free generation under edits and bans), ``causal`` (teacher-forced
-causal tests). Everything is re-exported here, so a
+causal tests), ``sal`` (Soundness-Aware Level, arXiv 2510.15216). Everything is re-exported here, so a
 notebook does ``from helpers.studies import reasoning as study``.
 """
 from .answers import *  # noqa: F401,F403
@@ -13,5 +13,7 @@ from .experiments import *  # noqa: F401,F403
 from .experiments import __all__ as _e
 from .reason_score import *  # noqa: F401,F403
 from .reason_score import __all__ as _r
+from .sal import *  # noqa: F401,F403
+from .sal import __all__ as _s
 
-__all__ = [*_r, *_a, *_e, *_c]
+__all__ = [*_r, *_a, *_e, *_c, *_s]
