@@ -35,6 +35,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .models import EMBEDDED, gguf_path
+
 __all__ = ["LlamaServer", "LlamaServerError", "free_port", "shared_server", "stop_shared_servers"]
 
 
@@ -56,8 +58,6 @@ def _resolve_model(model: str | Path) -> Path:
             raise LlamaServerError(f"GGUF file {p} does not exist; pass an existing .gguf path or an embedded "
                                    f"model name (see helpers.core.models.EMBEDDED).")
         return p
-    from .models import EMBEDDED, gguf_path
-
     if str(model) not in EMBEDDED:
         raise LlamaServerError(f"model {model!r} is neither a .gguf path nor an embedded model; embedded: "
                                f"{sorted(EMBEDDED)}.")

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .llama_server import shared_server
 from .models import cache_dir as _default_cache_dir
 from .models import load_model, provenance
 from .text import chat_prompt
@@ -462,8 +463,6 @@ def make_backend(model: str, *, base_url: str | None = None, api_key: str | None
         return OpenAIChat(model=model, base_url=base_url, api_key=api_key, timeout=timeout,
                           max_retries=max_retries, cache=cache, concurrency=concurrency)
     if engine == "llama.cpp":
-        from .llama_server import shared_server
-
         srv = shared_server(model, threads=threads, parallel=concurrency)
         # the cache key holds base_url (a random port): key the local server by the model file instead
         chat = OpenAIChat(model=srv.model_alias, base_url=srv.base_url, timeout=max(timeout, 600.0),

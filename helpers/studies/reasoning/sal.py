@@ -22,6 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from helpers.core import activations as A
+from helpers.core import sae as S
+
 __all__ = ["SOUNDNESS_LEVELS", "feature_descriptions", "horn_rules", "judge_prompt", "judge_rules", "parse_soundness",
            "plot_sal", "sal_experiment", "sal_permutation_test", "sal_table", "soundness_aware_level"]
 
@@ -222,9 +225,6 @@ def sal_experiment(model, tokenizer, premise_sae, conclusion_sae, texts: Sequenc
     conclusion tokens shifted by ``token_offset`` (0: same position, a later layer; 1: the next token), tokens
     outside ``keep_fn(hidden list) -> masks`` dropped (the toolkit's outlier policy), rules, descriptions, judge,
     SAL and its shuffled-level control. At most ``max_rules`` rules (highest lift first) go to the judge."""
-    from helpers.core import activations as A
-    from helpers.core import sae as S
-
     lp, lc = int(layers[0]), int(layers[1])
     if token_offset < 0 or (lp == lc and token_offset == 0 and premise_sae is conclusion_sae):
         raise ValueError("the same SAE at the same layer and position gives co-occurrence, not a transition: use a "
