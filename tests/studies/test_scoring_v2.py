@@ -250,6 +250,20 @@ def test_gate_v2_accepts_the_better_edit_rejects_the_worse_and_remembers():
     assert re.search(r"\d->\d: \d+", llm.diagnosis_prompts[0])
 
 
+def test_skill_file_from_an_optimisation_records_its_provenance(tmp_path):
+    llm = GateLLM(["ADD: Reward precise answers."])
+    res = study.optimize_skill_v2(llm, _items(), iterations=1, score_fn=_gate_score_fn([]), log=lambda *a: None)
+    sf = study.skill_file(res, model="fake-model", items=[1])
+    path = sf.save(tmp_path / "learned.json")
+    back = study.SkillFile.load(path)
+    assert back.skill == res.skill and "Reward precise answers." in back.skill.rules
+    g = back.provenance["gate"]
+    assert g["initial_stat"] == pytest.approx(np.log(0.30)) and g["final_stat"] == pytest.approx(np.log(0.35))
+    assert back.provenance["accepted_edits"] == ["ADD: Reward precise answers."]
+    assert back.provenance["model"] == "fake-model" and back.provenance["items"] == [1]
+    assert back.settings["rubric_format"] == "descriptors_first" and back.settings["rubric_words"] is None
+
+
 def test_gate_v2_needs_40_gate_responses_and_probabilities():
     with pytest.raises(ValueError, match="gate needs >= 40"):
         study.optimize_skill_v2(GateLLM([]), _items(n_gate=12), score_fn=_gate_score_fn([]), log=lambda *a: None)

@@ -35,10 +35,10 @@ from .items import ReadmeInfo, stratified_sample
 from .optimize import Edit, OptimizationResult, TrainItem, apply_edit, collect_errors, parse_edits
 from .prompts import line_list, prompt
 from .rulecheck import is_item_specific_ngram
-from .skills import Skill, build_rubrics_checked
+from .skills import Skill, SkillFile, build_rubrics_checked
 
 __all__ = ["RANDOM_RULE_POOL", "diagnosis_prompt_v2", "edit_key", "gate_statistic", "optimize_skill_v2",
-           "random_edits"]
+           "random_edits", "skill_file"]
 
 #: Generic rubric-writing rules the random-edit control draws from (``prompts/random_rules.txt``).
 RANDOM_RULE_POOL = line_list("random_rules")
@@ -263,3 +263,22 @@ def optimize_skill_v2(backend, items: list[TrainItem], skill: Skill | None = Non
                         "gate_qwk": cur_gate["qwk"], "budget": dict(budget)})
     return out
 
+
+
+def skill_file(result: OptimizationResult, *, model: str, items: list[int], settings: dict | None = None,
+               **extra) -> SkillFile:
+    """The learned skill of an :func:`optimize_skill_v2` run as a :class:`SkillFile` whose provenance records the
+    model, the items trained on, the gate statistics (initial and final mean log p(gold) and gate QWK), the accepted
+    edits, the budget and the proposer; ``settings`` are the rubric/scoring settings to reuse (e.g.
+    ``{"rubric_format": "descriptors_first", "rubric_words": None}``); ``extra`` goes into the provenance."""
+    hist = [h for h in result.history if h["iteration"] != "final"]
+    final = next((h for h in result.history if h["iteration"] == "final"), {})
+    first = hist[0] if hist else final
+    prov = {"model": model, "items": list(items), "method": "optimize_skill_v2 (arXiv 2605.29274, issue 15 gate)",
+            "proposer": hist[0].get("proposer") if hist else None, "iterations": len(hist),
+            "gate": {"initial_stat": first.get("gate_stat"), "final_stat": final.get("gate_stat"),
+                     "initial_qwk": first.get("gate_qwk"), "final_qwk": final.get("gate_qwk"),
+                     "statistic": "mean log p(gold score)"},
+            "accepted_edits": [p["edit"] for h in hist for p in h["proposals"] if p["status"] == "accepted"],
+            "budget": final.get("budget"), **extra}
+    return SkillFile(result.skill, prov, dict(settings or {"rubric_format": "descriptors_first", "rubric_words": None}))
