@@ -349,6 +349,16 @@ def test_cutpoints_fit_separable_data_and_check_inputs():
         study.fit_cutpoints(probs, [0, 0, 1, 1, 2, 7], LABELS)
 
 
+def test_rubric_examples_come_from_a_slice_disjoint_from_pool_and_gate():
+    df = study.load_item(7).train
+    pool, gate, ex = study.split_train_examples(df, 20, 40, per_score=2, seed=0)
+    assert not set(ex["Id"]) & (set(pool["Id"]) | set(gate["Id"]))
+    assert ex["Score1"].tolist() == [0, 0, 1, 1, 2, 2]
+    p2, g2 = study.split_train(df, 20, 40, seed=0)  # the same pool and gate as split_train
+    assert p2["Id"].tolist() == pool["Id"].tolist() and g2["Id"].tolist() == gate["Id"].tolist()
+    assert study.split_train_examples(df, 20, 40, per_score=0, seed=0)[2] is None
+
+
 # ------------------------------------------------------------------------------------------- the skill file + CLI
 def test_skill_file_round_trip(tmp_path):
     sk = study.Skill(("Rule one.", "Rule two."), study.DESCRIPTORS_FIRST_SCAFFOLD)
