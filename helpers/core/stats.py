@@ -9,6 +9,8 @@ documents, responses); paired versions resample the pairs together.
 * :func:`bootstrap_ci`, :func:`paired_bootstrap_ci`: any statistic of one sample / of paired differences.
 * :func:`qwk`, :func:`qwk_ci`: quadratic weighted kappa over an item's full score range, and its paired CI.
 * :func:`stratified_mean_ci`: the mean over strata (e.g. items) of statistics with independent bootstrap draws.
+* :func:`paired_qwk_diff`, :func:`paired_qwk_diff_items`: QWK(a) - QWK(b) of two conditions scored on the same
+  responses (the responses resampled together), on one item or averaged over items (resampling within items).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["Interval", "bootstrap_ci", "paired_bootstrap_ci", "qwk", "qwk_ci", "stratified_mean_ci"]
+__all__ = ["Interval", "bootstrap_ci", "paired_bootstrap_ci", "paired_qwk_diff", "paired_qwk_diff_items", "qwk",
+           "qwk_ci", "stratified_mean_ci"]
 
 
 @dataclass(frozen=True)
@@ -180,3 +183,38 @@ def stratified_mean_ci(intervals: list[Interval], *, level: float = 0.95) -> Int
     return Interval(float(np.mean([iv.estimate for iv in intervals])), float(np.quantile(draws, a)),
                     float(np.quantile(draws, 1 - a)), int(sum(iv.n for iv in intervals)), "stratified percentile",
                     level, draws)
+
+
+def paired_qwk_diff(gold, pred_a, pred_b, lo: int, hi: int, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                    method: str = "BCa") -> Interval:
+    """``qwk(gold, pred_a) - qwk(gold, pred_b)`` for two conditions scored on the **same** responses, with a paired
+    bootstrap CI: each resample draws responses and keeps their gold score and both predictions together, so the
+    shared difficulty of the responses cancels out (BCa, percentile fallback; ``draws`` kept for
+    :func:`stratified_mean_ci` / :func:`paired_qwk_diff_items`)."""
+    _check_level(level)
+    if n_boot < 100:
+        raise ValueError(f"n_boot must be >= 100 for a usable interval, got {n_boot}.")
+    g, a, b = (np.asarray(x, int).reshape(-1) for x in (gold, pred_a, pred_b))
+    if not g.size == a.size == b.size:
+        raise ValueError(f"gold, pred_a and pred_b must score the same responses ({g.size}, {a.size}, {b.size}).")
+    point = qwk(g, a, lo, hi) - qwk(g, b, lo, hi)
+    if g.size < 2:
+        return Interval(point, math.nan, math.nan, int(g.size), "none", level)
+    stat = lambda x, y, z, axis=-1: _qwk_batch(x, y, lo, hi) - _qwk_batch(x, z, lo, hi)  # noqa: E731
+    lo_, hi_, m, draws = _scipy_bootstrap((g, a, b), stat, paired=True, n_boot=n_boot, level=level, seed=seed,
+                                          method=method)
+    return Interval(float(point), lo_, hi_, int(g.size), m, level, draws)
+
+
+def paired_qwk_diff_items(items: list[tuple], *, n_boot: int = 2000, level: float = 0.95,
+                          seed: int = 0) -> Interval:
+    """Mean over items of :func:`paired_qwk_diff`: ``items`` holds one ``(gold, pred_a, pred_b, lo, hi)`` per item;
+    responses are resampled within each item (items are the strata, each item's draws independent, seeded
+    ``seed + i``), the CI is the percentile interval of the mean of the items' draws (:func:`stratified_mean_ci`)."""
+    if not items:
+        raise ValueError("paired_qwk_diff_items needs at least one item.")
+    ivs = [paired_qwk_diff(g, a, b, lo, hi, n_boot=n_boot, level=level, seed=seed + i)
+           for i, (g, a, b, lo, hi) in enumerate(items)]
+    if any(iv.draws is None for iv in ivs):
+        raise ValueError("every item needs >= 2 responses to bootstrap.")
+    return stratified_mean_ci(ivs, level=level)

@@ -76,3 +76,29 @@ def test_qwk_ci_and_stratified_mean():
     assert mean.low < mean.estimate < mean.high
     with pytest.raises(ValueError, match="n_boot"):
         stats.stratified_mean_ci([g, stats.qwk_ci(t, noise, 0, 3, n_boot=300)])
+
+
+def test_paired_qwk_diff_is_paired_and_matches_the_point_difference():
+    from helpers.core.stats import paired_qwk_diff, paired_qwk_diff_items, qwk, qwk_ci
+
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 4, 120)
+    a = np.clip(g + rng.integers(-1, 2, 120), 0, 3)  # close to gold
+    b = np.where(rng.random(120) < 0.5, a, rng.integers(0, 4, 120))  # a with half the answers randomised
+    d = paired_qwk_diff(g, a, b, 0, 3, n_boot=1000, seed=0)
+    assert d.estimate == pytest.approx(qwk(g, a, 0, 3) - qwk(g, b, 0, 3))
+    assert 0 < d.low < d.estimate < d.high and d.draws.shape == (1000,)
+    assert paired_qwk_diff(g, a, a, 0, 3, n_boot=200).method == "degenerate"
+    # pairing matters: the paired interval is narrower than one from independent resamples of the two conditions
+    ia, ib = qwk_ci(g, a, 0, 3, n_boot=1000, seed=1), qwk_ci(g, b, 0, 3, n_boot=1000, seed=2)
+    indep = np.quantile(ia.draws - ib.draws, [0.025, 0.975])
+    assert d.high - d.low < indep[1] - indep[0]
+    # across items: the mean of the items' differences, resampled within items
+    m = paired_qwk_diff_items([(g[:60], a[:60], b[:60], 0, 3), (g[60:], b[60:], a[60:], 0, 3)], n_boot=500)
+    d1 = qwk(g[:60], a[:60], 0, 3) - qwk(g[:60], b[:60], 0, 3)
+    d2 = qwk(g[60:], b[60:], 0, 3) - qwk(g[60:], a[60:], 0, 3)
+    assert m.estimate == pytest.approx((d1 + d2) / 2) and m.low < m.estimate < m.high and m.n == 120
+    with pytest.raises(ValueError, match="same responses"):
+        paired_qwk_diff(g, a[:10], b, 0, 3)
+    with pytest.raises(ValueError, match="at least one"):
+        paired_qwk_diff_items([])

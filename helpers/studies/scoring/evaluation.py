@@ -10,26 +10,29 @@ import pandas as pd
 
 from helpers.core.stats import Interval, bootstrap_ci, qwk_ci, stratified_mean_ci
 
+from .decision import apply_cutpoints, expected_score
 from .items import ReadmeInfo
 from .prompts import prompt
 
-__all__ = ["ScoreResult", "batch_calibrate", "evaluate", "mean_over_items", "parse_score", "score_responses",
+__all__ = ["ScoreResult", "batch_calibrate", "decide", "evaluate", "mean_over_items", "parse_score", "score_responses",
            "scoring_prompt"]
 
 
 # ------------------------------------------------------------------------------------------------------
 # Scoring
 # ------------------------------------------------------------------------------------------------------
-def _truncate_words(text: str, n: int) -> str:
+def _truncate_words(text: str, n: int | None) -> str:
+    """The first ``n`` words of ``text`` (``[...]`` marks a cut); ``n`` None or <= 0: the whole text."""
     words = text.split()
-    return text.strip() if n <= 0 or len(words) <= n else " ".join(words[:n]) + " [...]"
+    return text.strip() if n is None or n <= 0 or len(words) <= n else " ".join(words[:n]) + " [...]"
 
 
 def scoring_prompt(info: ReadmeInfo, rubric: str | None, *, passage_words: int = 120,
-                   rubric_words: int = 400) -> tuple[str, str]:
+                   rubric_words: int | None = 400) -> tuple[str, str]:
     """The scoring prompt as (shared prefix, per-response template with ``{response}``): passage excerpt
     (first ``passage_words`` words; the paper is silent, long passages would dominate a small model's
-    context), question, rubric (first ``rubric_words`` words) or none, then the answer and the instruction."""
+    context), question, rubric (first ``rubric_words`` words; ``None``: the whole rubric, e.g. an expert rubric
+    whose item-specific part comes after the generic scale) or none, then the answer and the instruction."""
     parts = [prompt("score_intro", score_min=info.score_min, score_max=info.score_max)]
     if info.passage and passage_words > 0:
         parts.append("Reading passage (excerpt):\n" + _truncate_words(info.passage, passage_words))
@@ -69,6 +72,19 @@ def batch_calibrate(probs: np.ndarray) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
+def decide(probs: np.ndarray, labels, *, cutpoints=None) -> dict[str, np.ndarray]:
+    """Scores under every decision rule on the same probabilities, to report them side by side: "argmax",
+    "calibrated" (:func:`batch_calibrate` over these rows), "expected" (rounded expected score) and, given
+    ``cutpoints`` (:func:`~helpers.studies.scoring.decision.fit_cutpoints` on train responses), "cutpoints"."""
+    probs = np.asarray(probs, float)
+    lab = np.asarray(labels, int)
+    out = {"argmax": lab[probs.argmax(1)], "calibrated": lab[batch_calibrate(probs).argmax(1)],
+           "expected": np.clip(np.floor(expected_score(probs, lab) + 0.5), lab[0], lab[-1]).astype(int)}
+    if cutpoints is not None:
+        out["cutpoints"] = apply_cutpoints(probs, cutpoints, lab)
+    return out
+
+
 @dataclass
 class ScoreResult:
     """Predictions for a list of responses; ``pred`` is -1 where the answer could not be parsed."""
@@ -82,14 +98,16 @@ class ScoreResult:
 
 def score_responses(backend, info: ReadmeInfo, rubric: str | None, responses: list[str], *,
                     method: str = "likelihood", decision: str = "calibrated", response_words: int = 80,
-                    passage_words: int = 120, rubric_words: int = 400, max_tokens: int = 8,
-                    progress: bool = False) -> ScoreResult:
+                    passage_words: int = 120, rubric_words: int | None = 400, max_tokens: int = 8,
+                    progress: bool = False, cutpoints=None) -> ScoreResult:
     """Score ``responses`` with ``rubric`` (``None``: question only).
 
     ``method="likelihood"``: constrained next-token likelihood over the labels ``lo..hi`` (one forward pass per
     response with the shared prefix's KV cache; local backend). ``decision`` turns the distribution into a
     score: "calibrated" (:func:`batch_calibrate`, then argmax: the choice here, since a small model's raw argmax
-    collapses onto one label), "argmax", or "expected" (the probability-weighted mean, rounded).
+    collapses onto one label), "argmax", "expected" (the probability-weighted mean, rounded), or "cutpoints"
+    (the expected score cut at ``cutpoints`` fitted on train responses, :func:`fit_cutpoints`).
+    ``rubric_words=None`` passes the whole rubric (no cap).
     ``method="generate"``: greedy generation, parsed by :func:`parse_score`; unparsed replies get ``-1``.
     """
     prefix, template = scoring_prompt(info, rubric, passage_words=passage_words, rubric_words=rubric_words)
@@ -106,8 +124,13 @@ def score_responses(backend, info: ReadmeInfo, rubric: str | None, responses: li
             pred = np.asarray(labels)[batch_calibrate(probs).argmax(1)]
         elif decision == "expected":
             pred = np.clip(np.floor(probs @ np.asarray(labels, float) + 0.5), labels[0], labels[-1]).astype(int)
+        elif decision == "cutpoints":
+            if cutpoints is None:
+                raise ValueError("decision='cutpoints' needs cutpoints= (fit them on train responses with "
+                                 "fit_cutpoints).")
+            pred = apply_cutpoints(probs, cutpoints, labels)
         else:
-            raise ValueError(f"decision must be 'calibrated', 'argmax' or 'expected', got {decision!r}.")
+            raise ValueError(f"decision must be 'calibrated', 'argmax', 'expected' or 'cutpoints', got {decision!r}.")
         return ScoreResult(pred=pred.astype(int), parsed=np.ones(len(pred), bool), probs=probs, label_mass=mass)
     if method != "generate":
         raise ValueError(f"method must be 'likelihood' or 'generate', got {method!r}.")

@@ -24,7 +24,8 @@ import pandas as pd
 
 from helpers.core import data
 
-__all__ = ["ITEMS", "Item", "ReadmeInfo", "load_item", "parse_readme", "split_train", "stratified_sample"]
+__all__ = ["ITEMS", "Item", "ReadmeInfo", "load_item", "parse_readme", "split_train", "split_train_examples",
+           "stratified_sample"]
 
 ITEMS = tuple(range(1, 11))
 
@@ -193,3 +194,17 @@ def split_train(df: pd.DataFrame, n_pool: int, n_gate: int, seed: int) -> tuple[
     return pool.sort_index().reset_index(drop=True), gate.sort_index().reset_index(drop=True)
 
 
+
+
+def split_train_examples(df: pd.DataFrame, n_pool: int, n_gate: int, per_score: int,
+                         seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """:func:`split_train` plus a third, disjoint slice of rubric examples: ``per_score`` responses per score point
+    (seeded, lowest score first) drawn from the training responses that are in neither the diagnosis pool nor the
+    gate, so that examples shown to the rubric writer are never the errors it is diagnosed on, and every condition
+    that takes examples can get the same ones. ``per_score <= 0`` gives ``None`` for the examples."""
+    pool, gate = split_train(df, n_pool, n_gate, seed)
+    if per_score <= 0:
+        return pool, gate, None
+    rest = df[~df["Id"].isin(set(pool["Id"]) | set(gate["Id"]))]
+    parts = [g.sample(min(per_score, len(g)), random_state=seed) for _, g in rest.groupby("Score1")]
+    return pool, gate, pd.concat(parts).sort_values("Score1").reset_index(drop=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
-__all__ = ["PROMPTS_DIR", "prompt", "word_list"]
+__all__ = ["PROMPTS_DIR", "line_list", "prompt", "word_list"]
 
 
 @cache
@@ -30,3 +30,8 @@ def word_list(name: str) -> frozenset[str]:
     """The whitespace-separated words of ``prompts/<name>.txt`` (``#`` starts a comment)."""
     lines = (line.split("#", 1)[0] for line in _text(name).splitlines())
     return frozenset(w for line in lines for w in line.split())
+
+
+def line_list(name: str) -> tuple[str, ...]:
+    """The non-empty lines of ``prompts/<name>.txt`` (a line starting with ``#`` is a comment)."""
+    return tuple(line.strip() for line in _text(name).splitlines() if line.strip() and not line.lstrip().startswith("#"))
