@@ -81,6 +81,9 @@ class SAETrainConfig:
     # Multi-TopK (Gao et al. 2024, sec. 5.3): add multi_topk x MSE of the reconstruction from the top 4k latents, so
     # that the SAE also reconstructs when more than k latents are kept at inference (Gao et al. use 1/8)
     multi_topk: float = 0.0
+    # start the decoder bias at the first batch's mean (in the trainer's normalised units), as sparsify and Gao et
+    # al. do (they use the mean / geometric median), instead of SAELens' zeros
+    init_b_dec_mean: bool = False
 
     def key(self) -> str:
         d = asdict(self)
@@ -98,7 +101,8 @@ class SAETrainConfig:
         return cache_dir() / "saes" / f"{self.model_name.replace('/', '_')}-L{self.layer}-{self.key()}"
 
 
-_KEY_NEUTRAL_DEFAULTS = {"exclude_outlier_tokens": False, "normalize_outlier_dims": 0, "multi_topk": 0.0}
+_KEY_NEUTRAL_DEFAULTS = {"exclude_outlier_tokens": False, "normalize_outlier_dims": 0, "multi_topk": 0.0,
+                         "init_b_dec_mean": False}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,6 +285,9 @@ def _fit(cfg: SAETrainConfig, sae, batches: Iterator[torch.Tensor], progress: bo
 
     class _Recorder(SAETrainer):
         def step(self, batch):
+            if cfg.init_b_dec_mean and not curve["step"]:
+                with torch.no_grad():
+                    self.sae.b_dec.data = self.activation_scaler(batch.to(self.sae.device)).mean(0).to(self.sae.b_dec)
             out = super().step(batch)
             curve["step"].append(len(curve["step"]))
             curve["loss"].append(float(out.loss.detach()))

@@ -194,8 +194,8 @@ def test_new_training_options_leave_the_default_cache_key_unchanged():
     notebook_01 = S.SAETrainConfig(n_train_tokens=800_000, corpus=(("nltk", 2000), ("chat", 1000), ("reasoning", 1000)))
     assert notebook_01.key() == "91ea6d6a7732"  # the published SAE's cache folder (notebooks 02/03 load it)
     keys = {S.SAETrainConfig(**o).key() for o in ({}, {"exclude_outlier_tokens": True}, {"normalize_outlier_dims": 5},
-                                                  {"multi_topk": 0.125})}
-    assert len(keys) == 4
+                                                  {"multi_topk": 0.125}, {"init_b_dec_mean": True})}
+    assert len(keys) == 5
 
 
 class _FakeStore:
@@ -242,3 +242,17 @@ def test_outlier_dim_normalisation_is_folded_exactly(planted_sae, tmp_path):
         got = folded.decode(folded.encode(xb))
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
     assert torch.allclose(S.encode(folded, xb, k=3), folded.encode(xb), atol=1e-5)  # the k-override path agrees
+
+
+def test_init_b_dec_mean_starts_the_decoder_bias_at_the_data_mean(tmp_path):
+    x, _ = _planted(n=8_000)
+    x = x + 5.0  # a large common offset, like the residual stream's mean
+    b = {}
+    for flag in (False, True):
+        cfg = S.SAETrainConfig(d_sae=192, k=3, n_train_tokens=512, batch_size=512, lr=1e-6, init_b_dec_mean=flag)
+        sae = S._make_training_sae(cfg, x.shape[1])
+        S._fit(cfg, sae, S._token_batches(x, cfg.batch_size, 0), progress=False)
+        sae.save_inference_model(tmp_path / str(flag))
+        b[flag] = S.load_sae(tmp_path / str(flag)).b_dec.detach()  # raw units: the scaling is folded on save
+    mean = x.mean(0)
+    assert (b[True] - mean).norm() < 0.1 * mean.norm() < (b[False] - mean).norm()
