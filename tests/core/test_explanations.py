@@ -1,0 +1,103 @@
+"""Detection scoring of feature explanations (delphi's detection scorer, one context per judge call): planted
+explanations that do / do not predict the contexts, the shuffled-explanation control, unparsed answers counted,
+held-out examples built from a real model's activations, and a real judge through llama.cpp."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers.core import explanations as E
+from helpers.core.llm import LLMError
+
+
+class _KeywordJudge:
+    """P(fires) is high when the explanation's keyword occurs in the text: a perfect judge of a true explanation."""
+
+    def label_distribution(self, prefix, suffixes, labels):
+        kw = prefix.split('"')[1].split()[-1]
+        p = np.array([0.9 if kw in s else 0.2 for s in suffixes])
+        return np.c_[p, 1 - p], np.full(len(suffixes), 0.8)
+
+
+class _GenJudge:
+    def __init__(self, replies):
+        self.replies = replies
+
+    def complete_many(self, prompts, **kw):
+        return [self.replies[i % len(self.replies)] for i in range(len(prompts))]
+
+
+EXAMPLES = {1: {"pos": ["the cat sat", "a cat ran", "cat food"], "neg": ["a dog", "the sun", "blue sky"]},
+            2: {"pos": ["we wait here", "wait now", "please wait"], "neg": ["go on", "run fast", "stop"]},
+            3: {"pos": ["7 apples", "in 1999", "x = 2"], "neg": ["none", "nothing", "no digits"]}}
+EXPL = {1: "mentions of cat", 2: "the word wait", 3: "numbers like 7"}
+
+
+def test_true_explanations_score_high_and_shuffled_ones_do_not():
+    true = E.detection_scores(_KeywordJudge(), EXPL, EXAMPLES)
+    # "numbers like 7" only names one of latent 3's three numeric contexts: 1 of 3 hits, 0 false alarms
+    assert true.balanced_accuracy.tolist() == pytest.approx([1.0, 1.0, (1 / 3 + 1) / 2])
+    assert (true.auroc.iloc[:2] == 1.0).all() and np.allclose(true.label_mass, 0.8)
+    shuffled = E.detection_scores(_KeywordJudge(), E.shuffled_explanations(EXPL, seed=0), EXAMPLES)
+    assert shuffled.auroc.mean() < true.auroc.mean() and (shuffled.balanced_accuracy <= 0.5 + 1e-9).all()
+
+
+def test_shuffled_explanations_is_a_derangement_and_needs_two():
+    expl = {i: f"e{i}" for i in range(6)}
+    for seed in range(5):
+        sh = E.shuffled_explanations(expl, seed)
+        assert sorted(sh.values()) == sorted(expl.values()) and all(sh[i] != expl[i] for i in expl)
+    with pytest.raises(ValueError, match="at least 2"):
+        E.shuffled_explanations({1: "x"})
+
+
+def test_generation_backends_count_unparsed_answers():
+    judge = _GenJudge(["1", "0", "maybe", LLMError("down"), "1", "0"])
+    res = E.detection_scores(judge, {1: EXPL[1]}, {1: EXAMPLES[1]})
+    assert res.unparsed.iloc[0] == 2 and 0 <= res.balanced_accuracy.iloc[0] <= 1
+
+
+def test_bad_input_is_named():
+    with pytest.raises(KeyError, match="detection examples"):
+        E.detection_scores(_KeywordJudge(), {9: "x"}, EXAMPLES)
+    with pytest.raises(ValueError, match="threshold"):
+        E.detection_scores(_KeywordJudge(), EXPL, EXAMPLES, threshold=1.0)
+    res = E.detection_scores(_KeywordJudge(), {1: "x"}, {1: {"pos": [], "neg": ["a"]}})
+    assert np.isnan(res.auroc.iloc[0])  # no activating context: no score, not a crash
+
+
+def test_detection_examples_hold_out_the_explainer_contexts(smol):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from helpers.core import activations as A
+    from helpers.core import features as F
+
+    model, tok = smol
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=576, d_sae=32, k=4))
+    texts = [f"Sentence number {i}: wait, let me think about the {w} again." for i, w in
+             enumerate(["cat", "sun", "sum", "map", "car", "key", "sea", "tea"])]
+    acts = A.capture(model, tok, texts, [10], max_length=32, progress=False)
+    table = F.table_from_activations(acts, 10)
+    lat = torch.as_tensor(sae.encode(table.x)).gt(0).sum(0).argsort(descending=True)[:2].tolist()
+    ex = E.detection_examples(sae, table, lat, tok, n_explain=3, n_pos=3, n_neg=4, window=(4, 2))
+    for i in lat:
+        assert len(ex[i]["explain"]) == 3 and 1 <= len(ex[i]["pos"]) <= 3 and len(ex[i]["neg"]) == 4
+        explained = {E._window_text(tok, c["token_ids"]) for c in ex[i]["explain"]}
+        assert not explained & set(ex[i]["pos"])  # held out from the explainer
+    with pytest.raises(ValueError, match=">= 1"):
+        E.detection_examples(sae, table, lat, tok, n_pos=0)
+
+
+def test_a_real_judge_through_llama_cpp_gives_scores_in_range():
+    from helpers.core.llama_server import LlamaServer
+    from helpers.core.llm import OpenAIChat
+
+    with LlamaServer("qwen2.5-coder-0.5b-instruct", threads=2) as srv:
+        chat = OpenAIChat(model=srv.model_alias, base_url=srv.base_url, cache=False)
+        res = E.detection_scores(chat, {3: EXPL[3]}, {3: EXAMPLES[3]})
+    row = res.iloc[0]
+    assert 0 <= row.balanced_accuracy <= 1 and 0 <= row.auroc <= 1 and 0 < row.label_mass <= 1
+    assert isinstance(res, pd.DataFrame) and row.n_pos == 3 and row.n_neg == 3
