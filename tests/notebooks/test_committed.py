@@ -34,9 +34,9 @@ def test_nbval_markers_are_read_by_nbval(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_code_cells_are_short(path):
-    """Method cells stay within 30 lines; the parameters cell declares values (no method) and is held to 40."""
+    """Every code cell, the parameters cell included, stays within 30 lines."""
     long = [(i, len(c.source.splitlines())) for i, c in enumerate(_cells(path)) if c.cell_type == "code"
-            and len(c.source.splitlines()) > (40 if "parameters" in c.metadata.get("tags", []) else 30)]
+            and len(c.source.splitlines()) > 30]
     assert long == [], f"code cells over 30 lines (cell, lines): {long}"
 
 

@@ -116,11 +116,11 @@ def test_02_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
                   dtype="float32", device="cpu", n_traces=3, n_solutions=3, max_length=48, n_controls_per_feature=1,
                   n_eval_docs=3, eval_length=48, n_steer_features=1, gammas=[0.0, 1.0], n_gen_prompts=2,
                   n_gen_features=1, gen_max_new_tokens=8, n_boot=100, quantile=0.95, batch_size=4,
-                  sal={"enabled": True, "layers": [2, 2], "sae_sources": [], "token_offset": 1,
-                       "judge": "smollm2-135m-instruct", "judge_url": "", "n_texts": 3, "max_rules": 10, "n_perm": 20})
+                  sal={"judge": "smollm2-135m-instruct", "judge_url": "", "layers": [2, 2], "sae_sources": [],
+                       "token_offset": 1, "n_texts": 3, "max_rules": 10})
     assert res["profile"] == "paper" and res["parameters"]["n_traces"] == 3
     assert res["provenance"]["layer"] == 2 and res["metrics"]["n_selected"] >= 1
-    assert res["parameters"]["sal"]["enabled"] and res["metrics"]["sal"]["rules"] >= 1  # the paper profile runs SAL
+    assert res["parameters"]["sal"]["judge"] and res["metrics"]["sal"]["rules"] >= 1  # the paper profile runs SAL
 
 
 def test_05_smoke_runs_one_point_of_the_example_sweep(tmp_path):
