@@ -24,9 +24,10 @@ from .llm import LLMError
 from .sae import encode
 from .text import chat_encode
 
-__all__ = ["Generation", "generate", "sae_feature_vector", "feature_edit", "activation_scale",
+__all__ = ["Generation", "generate", "greedy_continuations", "unit", "teacher_forced_dose", "projection_auroc",
+           "sae_feature_vector", "feature_edit", "activation_scale",
            "caa_vector", "probe_vector", "sdcv_select", "sdcv_denoise",
-           "sdcv_vector", "Decomposition", "rsv_decompose", "rsv_neighbours", "rsv_relevance", "RSVParts", "rsv_parts",
+           "sdcv_vector", "sdcv_vector_tokens", "Decomposition", "rsv_decompose", "rsv_neighbours", "rsv_relevance", "RSVParts", "rsv_parts",
            "rsv_refine", "VectorMethod", "CAA", "Probe", "SDCV", "SAERSV", "VECTOR_METHODS", "vector_method"]
 
 
@@ -158,6 +159,114 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
 
 
 
+# --- teacher-forced dose-response: the cheap, powerful measurement -------------------------------------------
+
+@torch.no_grad()
+def greedy_continuations(model, tokenizer, prompts: Sequence[str], n_tokens: int, *, batch_size: int = 32,
+                         system: str | None = None) -> list[list[int]]:
+    """Exactly ``n_tokens`` greedy token ids per chat prompt from the *unsteered* model (EOS suppressed until
+    then), the fixed text a teacher-forced dose-response reads (:func:`teacher_forced_dose`)."""
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+    out: list[list[int]] = []
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for s in range(0, len(prompts), batch_size):
+            enc = chat_encode(tokenizer, list(prompts[s:s + batch_size]), system=system)
+            enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            seqs = model.generate(**enc, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)
+            out += [r.tolist() for r in seqs[:, enc["input_ids"].shape[1]:]]
+    finally:
+        tokenizer.padding_side = old
+    return out
+
+
+#: the forward keyword of the key/value cache ("cache" in transformers >= 5.x, "past_key_values" before)
+_CACHE_KW = "cache" if "cache" in __import__("inspect").signature(
+    __import__("transformers").LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """``v / ||v||`` (methods are compared at equal added norm: unit directions times a common scale)."""
+    return v.float() / v.float().norm().clamp_min(1e-12)
+
+
+@torch.no_grad()
+def teacher_forced_dose(model, tokenizer, layer: int, prompts: Sequence[str], continuations: Sequence[Sequence[int]],
+                        directions: dict[str, torch.Tensor], scales: Sequence[float], concept_ids: Sequence[int],
+                        anti_ids: Sequence[int], *, batch_size: int = 32, system: str | None = None):
+    """Dose-response of steering read teacher-forced on fixed (unsteered) continuations: for every direction
+    (made unit-norm) and every added norm in ``scales`` (absolute, e.g. fractions of the median residual norm at
+    ``layer``), ``scale * unit(direction)`` is added after block ``layer`` from the last prompt position on, and
+    at each continuation position we read
+
+    * ``logodds``: log P(concept tokens) - log P(anti-concept tokens) of the next-token distribution (a lexicon
+      read-out; mean over positions), and
+    * ``nll``: the continuation's mean negative log-likelihood (the fluency cost when compared with scale 0).
+
+    The prompt prefix (all but its last token) is unsteered and identical for every direction and scale, so its
+    key/value cache is computed once per batch and reused. Returns a DataFrame: direction, scale, item, logodds,
+    nll (scale 0 is always included, once, as direction "none")."""
+    import pandas as pd
+
+    if not len(concept_ids) or not len(anti_ids):
+        raise ValueError("teacher_forced_dose needs concept and anti-concept token ids (a non-empty lexicon each).")
+    lengths = {len(c) for c in continuations}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"continuations must all have the same number (>= 1) of tokens, got lengths {sorted(lengths)} "
+                         f"(use greedy_continuations(..., n_tokens)).")
+    if len(continuations) != len(prompts):
+        raise ValueError(f"{len(continuations)} continuations for {len(prompts)} prompts.")
+    units = {k: unit(v) for k, v in directions.items()}
+    jobs = [("none", 0.0)] + [(k, float(a)) for k in units for a in scales if a != 0]
+    cid, aid = torch.tensor(list(concept_ids)), torch.tensor(list(anti_ids))
+    rows = []
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for s in range(0, len(prompts), batch_size):
+            enc = chat_encode(tokenizer, list(prompts[s:s + batch_size]), system=system)
+            ids, att = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
+            cont = torch.tensor([list(c) for c in continuations[s:s + batch_size]], device=model.device)
+            full_ids = torch.cat([ids, cont], 1)
+            full_att = torch.cat([att, torch.ones_like(cont)], 1)
+            pos = (full_att.cumsum(1) - 1).clamp_min(0)
+            cut = ids.shape[1] - 1  # prefix: every prompt token but the last
+            pre = model(input_ids=full_ids[:, :cut], attention_mask=full_att[:, :cut], position_ids=pos[:, :cut],
+                        use_cache=True)
+            cache = getattr(pre, "cache", None) or pre.past_key_values
+            for name, a in jobs:
+                if cache.get_seq_length() > cut:  # back to the shared prefix (each job appends its own suffix)
+                    cache.crop(-(cache.get_seq_length() - cut))
+                kw = dict(input_ids=full_ids[:, cut:], attention_mask=full_att, position_ids=pos[:, cut:],
+                          use_cache=True, **{_CACHE_KW: cache})
+                if name == "none":
+                    logits = model(**kw).logits
+                else:
+                    with A.add_vector(model, layer, units[name].to(model.device), a, min_token_index=0):
+                        logits = model(**kw).logits
+                lp = logits[:, :-1].float().log_softmax(-1)  # positions predicting the continuation tokens
+                lo = (lp[..., cid].logsumexp(-1) - lp[..., aid].logsumexp(-1)).mean(1)
+                nll = -lp.gather(-1, cont[..., None])[..., 0].mean(1)
+                for i in range(len(cont)):
+                    rows.append({"direction": name, "scale": a, "item": s + i, "logodds": float(lo[i]),
+                                 "nll": float(nll[i])})
+    finally:
+        tokenizer.padding_side = old
+    return pd.DataFrame(rows)
+
+
+def projection_auroc(vector: torch.Tensor, x_pos: torch.Tensor, x_neg: torch.Tensor) -> float:
+    """Direction quality: AUROC of held-out positives (label 1) vs negatives (label 0) projected on ``vector``
+    (0.5 = no separation; 1 = perfect; below 0.5 = the direction points the wrong way)."""
+    from sklearn.metrics import roc_auc_score
+
+    s = torch.cat([x_pos, x_neg]).float() @ vector.float()
+    return float(roc_auc_score(np.r_[np.ones(len(x_pos)), np.zeros(len(x_neg))], s.numpy()))
+
+
 # --- CAA and the probe ---------------------------------------------------------------------------------------
 
 def caa_vector(x_pos: torch.Tensor, x_neg: torch.Tensor) -> torch.Tensor:
@@ -224,6 +333,52 @@ def sdcv_vector(sae, x_pos: torch.Tensor, x_neg: torch.Tensor, *, k: int = 32, l
     return caa_vector(sdcv_denoise(sae, x_pos, lat, **kw), sdcv_denoise(sae, x_neg, lat, **kw)), lat
 
 
+def _as_token_sets(x) -> list[torch.Tensor]:
+    """A pooled ``(n, d)`` tensor (one row per example) or a list of ``(T_i, d)`` per-token tensors -> list."""
+    if isinstance(x, torch.Tensor):
+        if x.dim() != 2:
+            raise ValueError(f"expected (n, d) pooled representations or a list of (T_i, d) tensors, got {tuple(x.shape)}")
+        return [r[None] for r in x]
+    out = [torch.as_tensor(t) for t in x]
+    if not out or any(t.dim() != 2 or len(t) == 0 for t in out):
+        raise ValueError("expected a non-empty list of (T_i, d) per-token tensors with T_i >= 1.")
+    return out
+
+
+@torch.no_grad()
+def _pooled_codes(sae, x) -> torch.Tensor:
+    """Per-example SAE codes: encode every token, then average over the example's tokens."""
+    sets = _as_token_sets(x)
+    z = encode(sae, torch.cat(sets).float()).float()
+    return torch.stack([c.mean(0) for c in z.split([len(t) for t in sets])])
+
+
+def sdcv_vector_tokens(sae, pos, neg, *, k: int = 32, lam: float = 2.0, score: str = "diff", base: str = "caa",
+                       keep_others: bool = True, keep_error: bool = True, C: float = 1.0,
+                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDCV (arXiv 2505.15038, Sec. 3): select the ``k`` latents whose per-token codes, pooled per example, best
+    separate the classes (:func:`sdcv_select`); denoise every token's hidden state by scaling those latents by
+    ``lam`` (:func:`sdcv_denoise`: with the others and the error kept this is x + (lam - 1) sum_S z_i W_dec[i]);
+    pool per example (mean over tokens); re-run the concept-vector method ``base`` ("caa": diff-in-means; "probe":
+    logistic regression, ``C``) on the denoised representations. Choice (the paper gives no value we could read):
+    ``lam = 2``. Returns (vector, latents)."""
+    if base not in ("caa", "probe"):
+        raise ValueError(f"SDCV base must be 'caa' or 'probe', got {base!r}.")
+    if lam <= 0:
+        raise ValueError(f"SDCV lam must be > 0 (a scale for the selected latents), got {lam}.")
+    ps, ns = _as_token_sets(pos), _as_token_sets(neg)
+    lat = sdcv_select(_pooled_codes(sae, ps), _pooled_codes(sae, ns), k, score=score)
+    kw = dict(lam=lam, keep_others=keep_others, keep_error=keep_error)
+
+    def pooled(sets):
+        den = sdcv_denoise(sae, torch.cat(sets).float(), lat, **kw)
+        return torch.stack([c.mean(0) for c in den.split([len(t) for t in sets])])
+
+    xp, xn = pooled(ps), pooled(ns)
+    v = caa_vector(xp, xn) if base == "caa" else probe_vector(xp, xn, C=C, seed=seed)
+    return v, lat
+
+
 # --- SAE-RSV ---------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -258,6 +413,14 @@ def rsv_decompose(sae, x_pos: torch.Tensor, x_neg: torch.Tensor, *, mode: str = 
     ``mode="class_means"``: dz = encode(mean x_pos) - encode(mean x_neg).
     The reconstruction error ||v - dz W_dec|| / ||v|| is reported (``relative_error``)."""
 
+    if not isinstance(x_pos, torch.Tensor) or not isinstance(x_neg, torch.Tensor):  # per-token lists
+        if mode != "mean_codes":
+            raise ValueError("per-token inputs take mode='mean_codes' (codes per token, pooled per example).")
+        ps, ns = _as_token_sets(x_pos), _as_token_sets(x_neg)
+        v = caa_vector(torch.stack([t.float().mean(0) for t in ps]), torch.stack([t.float().mean(0) for t in ns]))
+        dz = _pooled_codes(sae, ps).mean(0) - _pooled_codes(sae, ns).mean(0)
+        w = sae.W_dec.detach().float()
+        return Decomposition(dz=dz, v=v, v_hat=dz @ w, w_norms=w.norm(dim=1), mode=mode)
     v = caa_vector(x_pos, x_neg)
     if mode == "mean_codes":
         dz = encode(sae, x_pos.float()).float().mean(0) - encode(sae, x_neg.float()).float().mean(0)
@@ -380,22 +543,28 @@ class Probe:
 
 @dataclass(frozen=True)
 class SDCV:
-    """SDCV (arXiv 2505.15038): diff-in-means on representations denoised through ``k`` selected latents
-    (:func:`sdcv_vector`); :meth:`latents` gives the selection."""
+    """SDCV (arXiv 2505.15038): the concept-vector method ``base`` ("caa" or "probe") re-run on hidden states
+    denoised through the SAE (:func:`sdcv_vector_tokens`): the ``k`` most discriminative latents scaled by ``lam``,
+    every other latent and the SAE error kept. Takes pooled ``(n, d)`` tensors (one token per example) or lists of
+    per-token ``(T_i, d)`` tensors (codes computed per token, then pooled; the SAE's input distribution);
+    :meth:`latents` gives the selection."""
 
     sae: Any = field(repr=False)
     k: int = 32
-    lam: float = 1.0
+    lam: float = 2.0
     score: str = "diff"
-    keep_others: bool = False
+    keep_others: bool = True
     keep_error: bool = True
+    base: str = "caa"
+    C: float = 1.0
+    seed: int = 0
 
-    def latents(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        return sdcv_select(encode(self.sae, pos.float()), encode(self.sae, neg.float()), self.k, score=self.score)
+    def latents(self, pos, neg) -> torch.Tensor:
+        return sdcv_select(_pooled_codes(self.sae, pos), _pooled_codes(self.sae, neg), self.k, score=self.score)
 
-    def __call__(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        return sdcv_vector(self.sae, pos, neg, k=self.k, lam=self.lam, score=self.score,
-                           keep_others=self.keep_others, keep_error=self.keep_error)[0]
+    def __call__(self, pos, neg) -> torch.Tensor:
+        return sdcv_vector_tokens(self.sae, pos, neg, k=self.k, lam=self.lam, score=self.score, base=self.base,
+                                  keep_others=self.keep_others, keep_error=self.keep_error, C=self.C, seed=self.seed)[0]
 
 
 @dataclass(frozen=True)

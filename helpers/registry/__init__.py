@@ -97,6 +97,7 @@ class ConceptSpec:
     position: str
     data: tuple[str, ...] = ()
     sft_reply: str | None = None
+    lexicon: dict | None = None  # {"concept": [words], "anti": [words]}: the teacher-forced log-odds read-out
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,9 @@ def _concept(name: str, raw: dict, doc: dict) -> ConceptSpec:
     raw = dict(raw)
     raw["data"] = tuple(raw.get("data", ()))
     spec = ConceptSpec(name=name, **raw)
+    if spec.lexicon is not None and (not isinstance(spec.lexicon, dict) or set(spec.lexicon) != {"concept", "anti"}
+                                     or not all(isinstance(w, list) and w for w in spec.lexicon.values())):
+        raise RegistryError("lexicon must be {concept: [words], anti: [words]}, both non-empty lists")
     if spec.position not in ("mean", "last"):
         raise RegistryError(f"position must be 'mean' or 'last', got {spec.position!r}")
     return spec

@@ -2,7 +2,9 @@
 or refined (SAE-RSV, arXiv 2509.23799) through an SAE, against CAA, a probe and LoRA-SFT.
 
 Modules: ``concepts`` (training examples, prompts, judges per concept), ``baselines`` (LoRA-SFT, A/B read-out),
-``experiment`` (vectors by lookup, batched steered generation, validation choice, paired summaries). The vector
+``experiment`` (vectors by lookup, batched steered generation, validation choice, paired summaries),
+``evaluation`` (the (N, seed) grid, teacher-forced dose-response and effect at a fixed fluency cost, AxBench-style
+generation scores, SAE-RSV relevance from top contexts). The vector
 methods themselves are toolkit code (:mod:`helpers.core.steering`). Notebook: ``from helpers.studies import
 steering_refinement as study``.
 """
@@ -12,7 +14,9 @@ from .baselines import *  # noqa: F401,F403
 from .baselines import __all__ as _b
 from .concepts import *  # noqa: F401,F403
 from .concepts import __all__ as _c
+from .evaluation import *  # noqa: F401,F403
+from .evaluation import __all__ as _v
 from .experiment import *  # noqa: F401,F403
 from .experiment import __all__ as _e
 
-__all__ = [*_c, *_b, *_e, "VECTOR_METHODS", "vector_method"]
+__all__ = [*_c, *_b, *_e, *_v, "VECTOR_METHODS", "vector_method"]

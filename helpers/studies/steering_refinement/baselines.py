@@ -16,11 +16,13 @@ __all__ = ["ab_probabilities", "lora_sft"]
 # --- LoRA-SFT baseline -----------------------------------------------------------------------------------------
 
 def lora_sft(model, tokenizer, pairs: Sequence[tuple[str, str]], *, r: int = 4, alpha: int = 8, steps: int = 24,
-             batch_size: int = 4, lr: float = 1e-3, max_length: int = 64, seed: int = 0,
+             batch_size: int = 4, lr: float = 1e-3, max_length: int = 1024, seed: int = 0,
              target_modules: Sequence[str] = ("q_proj", "v_proj")):
     """LoRA-SFT baseline (peft): train adapters on (prompt, completion) pairs with the loss on completion tokens
-    only. Returns the ``PeftModel`` (call ``.unload()`` / ``.disable_adapter()`` to get the base model back;
-    ``model`` itself is wrapped in place by peft). Deterministic for a seed on CPU."""
+    only (sequences up to ``max_length`` tokens: long enough for whole CAA questions and completions; a pair whose
+    prompt alone is longer is an error, never a row with every label masked). Returns the ``PeftModel`` (call
+    ``.unload()`` / ``.disable_adapter()`` to get the base model back; ``model`` itself is wrapped in place by peft).
+    Deterministic for a seed on CPU."""
     from peft import LoraConfig, get_peft_model  # optional: only this baseline needs peft
 
     if not pairs:
@@ -33,6 +35,9 @@ def lora_sft(model, tokenizer, pairs: Sequence[tuple[str, str]], *, r: int = 4, 
     for p, c in pairs:
         h = tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids
         t = tokenizer(c + (tokenizer.eos_token or ""), add_special_tokens=False).input_ids
+        if len(h) >= max_length:
+            raise ValueError(f"a LoRA-SFT prompt has {len(h)} tokens, max_length={max_length}: its completion would "
+                             f"be cut away entirely. Raise max_length.")
         seq = (h + t)[:max_length]
         rows.append((seq, [-100] * min(len(h), max_length) + t[:max(0, max_length - len(h))]))
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)

@@ -169,15 +169,20 @@ def run_jobs(model, tokenizer, layer: int, concept: Concept, jobs: Sequence[dict
 
 
 def rsv_prepare_all(sae, vectors: dict, concepts: dict[str, Concept], explainer, *, threshold: float = 0.3,
-                    n_neighbours: int = 4, chat=None) -> tuple[dict, pd.DataFrame]:
+                    n_neighbours: int = 4, chat=None, relevance_fn=None) -> tuple[dict, pd.DataFrame]:
     """SAE-RSV steps 2-3 for every (concept, n, seed) entry of ``vectors`` that has a decomposition, batched so
     the explainer encodes its corpus twice in all: (1) explain and judge every support latent, (2) find decoder
     neighbours of the relevant ones, explain and judge those, add the relevant ones. Returns ``{key: RSVParts}``
-    and a tidy table of every judged latent (concept, n_train, seed, latent, role, similarity, explanation)."""
+    and a tidy table of every judged latent (concept, n_train, seed, latent, role, similarity, explanation).
+    ``relevance_fn(concept, latents) -> {latent: {"relevant", "similarity", "explanation"}}`` replaces the
+    explanation-vs-description judge (e.g. :func:`~helpers.studies.steering_refinement.rsv_context_relevance`)."""
     keys = [k for k, v in vectors.items() if "rsv_decomposition" in v]
+    concepts = {c: concepts[c] for c in sorted({k[0] for k in keys})}
     explainer.explain(sorted({i for k in keys for i in vectors[k]["rsv_support"]}))
 
     def judge(concept, latents):
+        if relevance_fn is not None:
+            return relevance_fn(concept, latents)
         c = concepts[concept]
         return rsv_relevance(explainer.explain(latents), c.description, c.anti_description, threshold=threshold,
                              chat=chat)
