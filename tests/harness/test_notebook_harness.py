@@ -100,3 +100,41 @@ def test_readme_section_is_generated_from_results(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "| `probe.acc_full` | 0.988 |" in text and "other" not in text and "old" not in text
     assert text.startswith("intro") and text.endswith("rest\n")
+
+
+def test_a_kernel_that_dies_while_starting_is_started_again_and_other_errors_are_not(tmp_path, monkeypatch):
+    """Two sweep workers starting kernels at once can race for ports (CI: 'Kernel died before replying to
+    kernel_info'); no cell has run then, so run_notebook starts a fresh kernel. A failure inside a cell is raised."""
+    import papermill
+
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    monkeypatch.setattr(nb.time, "sleep", lambda s: None)
+    nb.run_notebook("00_inside_a_language_model", "smoke", output_dir=tmp_path)
+    assert len(calls) == 2
+
+    def always(*a, **k):
+        calls.append(1)
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", always)
+    with pytest.raises(RuntimeError, match="kernel_info"):
+        nb.run_notebook("00_inside_a_language_model", "smoke", output_dir=tmp_path)
+    assert len(calls) == nb.KERNEL_START_ATTEMPTS
+
+    def cell_error(*a, **k):
+        calls.append(1)
+        raise RuntimeError("a cell raised")
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", cell_error)
+    with pytest.raises(RuntimeError, match="a cell raised"):
+        nb.run_notebook("00_inside_a_language_model", "smoke", output_dir=tmp_path)
+    assert len(calls) == 1

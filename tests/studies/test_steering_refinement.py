@@ -237,7 +237,7 @@ def test_concepts_load_and_subsets_are_nested(smol):
     caa = study.load_concept("caa:refusal", tok, n_pool=10, n_val=3, n_test=5)
     assert caa.ab_items and caa.positives[0].rstrip().endswith(("(A", "(B")) and len(caa.test_prompts) == 5
     with pytest.raises(ValueError, match="unknown concept"):
-        study.load_concept("formality", tok)
+        study.load_concept("politeness", tok)
     with pytest.raises(FileNotFoundError, match="CAA-format"):
         study.load_concept("caa:/nonexistent/generate_dataset.json", tok)
 

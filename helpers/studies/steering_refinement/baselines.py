@@ -27,10 +27,6 @@ def lora_sft(model, tokenizer, pairs: Sequence[tuple[str, str]], *, r: int = 4, 
 
     if not pairs:
         raise ValueError("LoRA-SFT needs at least one (prompt, completion) pair.")
-    torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules), bias="none",
-                     task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, cfg)
     rows = []
     for p, c in pairs:
         h = tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids
@@ -40,6 +36,10 @@ def lora_sft(model, tokenizer, pairs: Sequence[tuple[str, str]], *, r: int = 4, 
                              f"be cut away entirely. Raise max_length.")
         seq = (h + t)[:max_length]
         rows.append((seq, [-100] * min(len(h), max_length) + t[:max(0, max_length - len(h))]))
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules), bias="none",
+                     task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, cfg)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
     rng = random.Random(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

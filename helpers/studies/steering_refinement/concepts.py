@@ -57,6 +57,7 @@ class Concept:
     source: dict = field(default_factory=dict)
     paired: bool = False  # positives[i] and negatives[i] are the same question (CAA pairs)
     n_heldout: int = 0  # the first n_heldout examples of each class are never drawn for training (direction AUROC)
+    sft_anti_pairs: list[tuple[str, str]] | None = None  # LoRA-SFT toward the opposite pole, aligned with negatives
     lexicon: dict | None = None  # registry words {"concept": [...], "anti": [...]}, else derived (concept_lexicon)
 
     def subset(self, n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -136,7 +137,7 @@ def load_concept(name: str, tokenizer, *, n_pool: int = 500, n_val: int = 12, n_
         web = data.load("nltk-webtext")
         talk = [c for c in chunk_text(web[web["fileid"] == "overheard.txt"]["text"].iloc[0], 300)]
         pos, neg = rng.sample(speech, n_pool), rng.sample(talk, n_pool)
-        sft = [("Write a short paragraph.", t) for t in pos]
+        sft, anti = [("Write a short paragraph.", t) for t in pos], [("Write a short paragraph.", t) for t in neg]
         position, judge, src = "mean", "embedding", {"data": ["nltk-state_union", "nltk-inaugural", "nltk-webtext"]}
     elif name == "sentiment":
         df = data.load("sst2-train")
@@ -144,20 +145,20 @@ def load_concept(name: str, tokenizer, *, n_pool: int = 500, n_val: int = 12, n_
         pos = df[df["label"] == 1]["sentence"].str.strip().tolist()
         neg = df[df["label"] == 0]["sentence"].str.strip().tolist()
         pos, neg = rng.sample(pos, n_pool), rng.sample(neg, n_pool)
-        sft = [("Write one sentence about a film.", t) for t in pos]
+        sft, anti = [("Write one sentence about a film.", t) for t in pos], [("Write one sentence about a film.", t) for t in neg]
         position, judge, src = "mean", "sentiment", {"data": "sst2-train"}
     elif name == "refusal":
         harm = list(dict.fromkeys(data.load("advbench")["goal"].tolist()))
         safe = list(dict.fromkeys(data.load("refusal-harmless-train")["instruction"].tolist()))
         harm, safe = rng.sample(harm, min(n_pool, len(harm))), rng.sample(safe, n_pool)
-        sft = [(q, REFUSAL_REPLY) for q in harm]
+        sft, anti = [(q, REFUSAL_REPLY) for q in harm], None
         pos, neg = [chat_prompt(tokenizer, q) for q in harm], [chat_prompt(tokenizer, q) for q in safe]
         position, judge, src = "last", "refusal", {"data": ["advbench", "refusal-harmless-train"]}
     elif name == "science":
         abc = data.load("nltk-abc")
         chunks = {f: chunk_text(t, 300) for f, t in zip(abc["fileid"], abc["text"])}
         pos, neg = rng.sample(chunks["science.txt"], n_pool), rng.sample(chunks["rural.txt"], n_pool)
-        sft = [("Write a short news paragraph.", t) for t in pos]
+        sft, anti = [("Write a short news paragraph.", t) for t in pos], [("Write a short news paragraph.", t) for t in neg]
         position, judge, src = "mean", "embedding", {"data": "nltk-abc"}
     elif name.startswith("caa:"):
         gen, ab, oe, beh = _caa_items(name[4:])
@@ -165,6 +166,7 @@ def load_concept(name: str, tokenizer, *, n_pool: int = 500, n_val: int = 12, n_
         pos = [chat_prompt(tokenizer, g["question"], assistant_prefix=g["answer_matching_behavior"].strip()[:2]) for g in gen]
         neg = [chat_prompt(tokenizer, g["question"], assistant_prefix=g["answer_not_matching_behavior"].strip()[:2]) for g in gen]
         sft = [(g["question"], g["answer_matching_behavior"].strip()) for g in gen]
+        anti = [(g["question"], g["answer_not_matching_behavior"].strip()) for g in gen]
         desc = CONCEPT_DESCRIPTIONS.get(beh, (description, anti_description))
         description, anti_description = description or desc[0], anti_description or desc[1]
         if not description or not anti_description:
@@ -177,17 +179,18 @@ def load_concept(name: str, tokenizer, *, n_pool: int = 500, n_val: int = 12, n_
         n_v = min(n_val, len(oe) // 2)
         return Concept(name=name, positives=pos, negatives=neg, position="last", val_prompts=oe[:n_v],
                        test_prompts=oe[n_v:n_v + n_test], judge="embedding", description=description,
-                       anti_description=anti_description, sft_pairs=sft, ab_items=ab,
+                       anti_description=anti_description, sft_pairs=sft, sft_anti_pairs=anti, ab_items=ab,
                        source={"behaviour": beh, "n_generate": len(gen)}, paired=True, n_heldout=n_heldout,
                        lexicon=_registry_lexicon(beh))
     else:
         raise ValueError(f"unknown concept {name!r}: use sentiment, refusal, science, formality, or caa:<behaviour> with "
                          f"behaviour in {CAA_BEHAVIOURS} (or caa:<path to a CAA-format generate_dataset.json>).")
-    desc, anti = CONCEPT_DESCRIPTIONS[name]
+    desc, anti_desc = CONCEPT_DESCRIPTIONS[name]
     prompts = neutral_prompts(n_val + n_test, seed)
     return Concept(name=name, positives=pos, negatives=neg, position=position, val_prompts=prompts[:n_val],
                    test_prompts=prompts[n_val:], judge=judge, description=description or desc,
-                   anti_description=anti_description or anti, sft_pairs=sft, source=src, n_heldout=n_heldout,
+                   anti_description=anti_description or anti_desc, sft_pairs=sft, sft_anti_pairs=anti, source=src,
+                   n_heldout=n_heldout,
                    lexicon=_registry_lexicon(name))
 
 

@@ -20,7 +20,7 @@ from helpers.core.steering import caa_vector, probe_vector, rsv_decompose, sdcv_
 
 from .concepts import Concept, pool
 
-__all__ = ["axbench_scores", "dose_deltas", "effect_at_cost", "fraction_at_cost", "grid_vectors", "judge_range",
+__all__ = ["axbench_scores", "score_both_directions", "dose_deltas", "effect_at_cost", "fraction_at_cost", "grid_vectors", "judge_range",
            "median_norm", "paired_against", "rsv_context_relevance", "symmetric_contrast"]
 
 GRID_METHODS = ("caa", "probe", "sdcv", "sdcv_probe", "sae_rsv")
@@ -121,7 +121,13 @@ def paired_against(df: pd.DataFrame, value: str, *, reference: str = "caa", by: 
 
 def judge_range(concept: Concept, positives: Sequence[str], negatives: Sequence[str]) -> tuple[float, float]:
     """The concept judge's mean score on real positive and real negative texts (held out): the range that
-    generation scores are rescaled by (a judge that separates real texts by 0.25 makes a 0.05 gain a fifth of it)."""
+    generation scores are rescaled by (a judge that separates real texts by 0.25 makes a 0.05 gain a fifth of it).
+    Binary refusal judge: (1, 0). Paired CAA concepts (texts that differ only in the answer letter): the judge's
+    scores of the concept's description and of its opposite (our choice)."""
+    if concept.judge == "refusal":  # a binary judge of replies; the data are requests, not replies
+        return 1.0, 0.0
+    if concept.paired:  # CAA pairs differ only in the answer letter: the range between the two descriptions instead
+        positives, negatives = [concept.description], [concept.anti_description]
     kw = dict(description=concept.description, anti_description=concept.anti_description)
     return float(np.mean(J.judge(concept.judge, list(positives), **kw))), float(np.mean(J.judge(concept.judge, list(negatives), **kw)))
 
@@ -187,3 +193,26 @@ def rsv_context_relevance(explainer, latents: Sequence[int], concept: Concept, n
     return {int(i): {"similarity": scores[int(i)] - centre,
                      "relevant": (None if math.isnan(scores[int(i)]) else bool(abs(scores[int(i)] - centre) > thr)),
                      "explanation": explainer.cache[int(i)]["description"]} for i in latents}
+
+
+def score_both_directions(model, tokenizer, concept: Concept, prompts: Sequence[str], base_texts: Sequence[str],
+                          texts: dict[tuple[str, int], Sequence[str]], *, n_heldout: int, ppl_max_ratio: float = 4.0,
+                          ) -> pd.DataFrame:
+    """Score steered generations of both signs (``texts[(method, sign)]``, one reply per prompt) with
+    :func:`axbench_scores`: the judge range from the concept's first ``n_heldout`` (held-out) real texts, fluency
+    relative to the unsteered replies' median perplexity, relevance relative to their mean prompt-reply cosine.
+    One row per (method, sign, item) with the reply's text and perplexity."""
+    if n_heldout < 2:
+        raise ValueError(f"n_heldout must be >= 2 (held-out real texts set the judge's range), got {n_heldout}.")
+    lo_hi = judge_range(concept, concept.positives[:n_heldout], concept.negatives[:n_heldout])
+    base_ppl = float(np.median(J.completion_perplexities(model, tokenizer, list(prompts), [list(base_texts)])[0]))
+    base_cos = axbench_scores(concept, prompts, base_texts, [base_ppl] * len(prompts), sign=1, judge_lo_hi=lo_hi,
+                              base_ppl=base_ppl, base_relevance=1.0).relevance_cos.mean()
+    frames = []
+    ppls = J.completion_perplexities(model, tokenizer, list(prompts), [list(ts) for ts in texts.values()])
+    for ((method, sign), ts), ppl in zip(texts.items(), ppls):
+        sc = axbench_scores(concept, prompts, ts, ppl, sign=sign, judge_lo_hi=lo_hi, base_ppl=base_ppl,
+                            base_relevance=float(base_cos), ppl_max_ratio=ppl_max_ratio)
+        frames.append(sc.rename(columns={"concept": "concept_score"}).assign(
+            concept=concept.name, method=method, sign=sign, item=range(len(ts)), text=list(ts), perplexity=ppl))
+    return pd.concat(frames, ignore_index=True)
