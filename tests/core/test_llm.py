@@ -101,13 +101,21 @@ def test_timeout_and_malformed_json(server, tmp_path):
     assert chat.stats["errors"] == 2
 
 
-def test_feature_explanation_uses_the_endpoint(server, tmp_path):
-    from helpers.core import features as F
+def test_feature_explanation_uses_the_endpoint_and_counts_unusable_answers(server, tmp_path):
+    from helpers.core import explanations as E
+
+    class Tok:  # decode one token id to its text
+        def decode(self, ids):
+            return {0: "The", 1: " cat", 2: " sat"}[ids[0]]
 
     chat = llm.OpenAIChat(model="fake", base_url=server, cache_dir=tmp_path, max_retries=0)
-    ctx = [{"tokens": ["The", "Ġcat", "Ġsat"], "acts": [0, 3.0, 0.1], "peak": 1, "max_act": 3.0}]
-    out = F.llm_explanation(ctx, [" dog"], chat)
-    assert out.startswith("echo: Here are text snippets")
+    ctx = [{"token_ids": [0, 1, 2], "tokens": ["The", "Ġcat", "Ġsat"], "acts": [0, 3.0, 0.1], "peak": 1, "max_act": 3.0}]
+    out, counts = E.llm_explanations(chat, {7: ctx, 8: []}, Tok())
+    assert out[7] == "echo: Texts:"  # the fake server echoes the prompt; its first line is kept
+    assert "1. The<<cat>> sat" in E.explainer_prompt(ctx, Tok())  # tokens at >= half the peak are marked
+    assert counts == {"asked": 1, "unusable": 0, "no_contexts": 1}
+    assert E._clean_explanation("Explanation: the word 'cat'.\nmore") == "the word 'cat'"
+    assert E._clean_explanation("  ...  ") == "" and E._clean_explanation(None) == ""
 
 
 def test_complete_many_runs_concurrently_keeps_order_and_caches(server, tmp_path):
