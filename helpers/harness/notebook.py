@@ -465,7 +465,7 @@ README_METRICS = {
                                    "probe.acc_shuffled"],
     "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
     "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups.", "median_norm", "sink_norm", "sink_top_feature"],
-    "03_steering_refinement": ["layer", "unsteered."],
+    "03_steering_refinement": ["layer", "median_norm", "rsv_alpha.", "curve_cost_ratio."],
     "04_scoring_skills": ["model", "optimized_minus_initial_qwk", "accepted_edits", "transfer."],
     "05_sweeps": ["n_points", "n_ok", "n_failed", "y_by_point."],
 }

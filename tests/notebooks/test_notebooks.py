@@ -162,21 +162,25 @@ def test_05_paper_profile_code_path_with_local_stand_in(tmp_path, tiny_nb):
 def test_03_smoke(tmp_path):
     res, out = _run("03_steering_refinement", "smoke", tmp_path)
     m = res["metrics"]
-    assert res["profile"] == "smoke" and m["layer"] == 15 and m["concepts"] == ["science"]
-    methods = {r["method"] for r in m["summary"]}
-    assert methods == {"caa", "probe", "sdcv", "sae_rsv", "lora", "caa (all pairs)"}
-    for r in m["summary"]:
-        assert r["ci_low"] - 1e-9 <= r["score"] <= r["ci_high"] + 1e-9 and r["perplexity"] > 1
-    assert {r["n_train"] for r in m["summary"] if r["method"] == "caa"} == {4, 8}
-    cos = {(r["method"], r["n_train"]): r["cosine"] for r in m["cosine"]}
-    assert all(-1 <= c <= 1 for c in cos.values()) and set(cos) == {(x, n) for x in ("caa", "probe", "sdcv", "sae_rsv") for n in (4, 8)}
+    assert res["profile"] == "smoke" and m["layer"] == 15 and m["concepts"] == ["science"] and m["median_norm"] > 10
+    assert [r["concept"] for r in m["concept_choice"]] == ["science"] and 0.5 < m["concept_choice"][0]["AUROC (held out)"] <= 1
+    grid = {(r["method"], r["n_train"]) for r in m["grid_paired"]}
+    assert grid == {(x, n) for x in ("caa", "probe", "sdcv", "sae_rsv") for n in (4, 8)}
+    for r in m["grid_paired"]:
+        assert r["low"] - 1e-9 <= r["effect"] <= r["high"] + 1e-9 and r["n_items"] == 4
+        assert (r["method"] == "caa") == (r["minus_caa"] != r["minus_caa"])  # NaN only for CAA itself
+    assert {r["method"] for r in m["grid_refs"]} == {"ceiling", "random"}
+    gen = {(r["method"], r["sign"]) for r in m["generation"]}
+    assert gen == {(x, s) for x in ("caa", "sdcv", "sae_rsv", "ceiling (all pairs)", "lora") for s in (-1, 1)}
+    for r in m["generation"]:
+        assert all(0 <= r[k] <= 1 for k in ("concept_score", "fluency", "relevance", "harmonic"))
+    assert {r["method"] for r in m["generation_paired"]} >= {"caa", "sae_rsv", "lora"}
+    assert all(0 < r["fraction"] <= 0.3 for r in m["generation_norm"])
     roles = {r["role"] for r in m["rsv_latents"]}
     assert roles <= {"kept", "removed", "added", "candidate (not relevant)"} and {"kept", "removed"} & roles
-    assert all(0 <= r["relative_error"] for r in m["decomposition_error"])
-    assert [r["multiplier"] for r in m["ab"]] == [-4.0, 4.0] and all(0 < r["p_match"] < 1 for r in m["ab"])
-    assert {c["method"] for c in m["chosen"]} == {"caa", "probe", "sdcv", "sae_rsv", "caa (all pairs)"}
-    assert set(m["lora_final_loss"]) == {"science/4/0", "science/8/0"}
-    for fig in ("success_vs_n", "success_vs_fluency", "cosine_vs_n"):
+    assert m["rsv_alpha"]["science"] in ([1.0, 1.0, 0.0], [1.0, 1.0, 1.0]) and m["ab_by_method"] == []
+    assert {r["block"] for r in m["layer_sweep"]} == {3, 15}
+    for fig in ("layer_sweep", "auroc_vs_n", "dose_response", "fluency_cost", "effect_vs_n", "generation_contrast"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
     assert (out / "test_generations.csv").exists()
 
@@ -210,23 +214,25 @@ def test_03_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
     try:
         sae_dir = _random_sae_folder(tmp_path / "sae")
         res, _ = _run("03_steering_refinement", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(sae_dir),
-                      dtype="float32", device="cpu", concepts=["caa:sycophancy"], n_train=[4], seeds=[0], n_pool=8,
-                      n_val=2, n_test=2, reference_n=4, multipliers=[1.0], max_new_tokens=4,
-                      method_configs={"probe": {"C": 1.0}, "sdcv": {"k": 4}, "sae_rsv": {"support": 6, "n_neighbours": 2}},
-                      rsv_alphas=[[1.0, 1.0, 1.0]], explain_docs=12,
-                      lora={"r": 4, "steps": 1, "lr": 0.001, "batch_size": 2, "seeds": [0]},
-                      ab_check={"concept": "", "items": 4, "multipliers": [-1.0, 1.0]}, n_boot=100,
-                      relevance={"judge": "llm", "threshold": 0.15, "llm_model": "judge",
+                      dtype="float32", device="cpu", candidates=["caa:sycophancy"], concepts=["caa:sycophancy"],
+                      n_train=[4], seeds=[0], reference_n=4, n_pool=12, n_heldout=4, n_val=2, n_test=2, layers_sweep=[1],
+                      teacher_forced={"tokens": 3, "grid_fraction": 0.15, "fluency_cost": 0.1, "fractions": [-0.15, 0.15, 0.3]},
+                      generation={"cost": 0.3, "tokens": 4, "batch_size": 4, "ppl_max_ratio": 4.0},
+                      method_configs={"probe": {"C": 1.0}, "sdcv": {"k": 4, "lam": 2.0}, "sae_rsv": {"support": 6, "n_neighbours": 2}},
+                      rsv_alphas=[[1.0, 1.0, 1.0]], explain_docs=12, lora={"r": 4, "steps": 1, "lr": 0.001, "batch_size": 2},
+                      ab_check={"enabled": True, "items": 4, "fractions": [-0.3, 0.3]}, n_boot=100,
+                      relevance={"judge": "llm", "null_latents": 8, "quantile": 0.9, "llm_model": "judge",
                                  "llm_base_url": f"http://127.0.0.1:{srv.server_address[1]}/v1"})
     finally:
         srv.shutdown()
     m = res["metrics"]
     assert res["profile"] == "paper" and res["provenance"]["layer"] == 2
-    assert {(r["method"], r["multiplier"]) for r in m["ab_by_method"]} == {
-        (x, s) for x in ("caa", "probe", "sdcv", "sae_rsv") for s in (-1.0, 1.0)}
+    assert {(r["method"], r["fraction"]) for r in m["ab_by_method"]} == {
+        (x, s) for x in ("caa", "probe", "sdcv", "sdcv_probe", "sae_rsv") for s in (-0.3, 0.3)}
+    assert all(0 <= r["p_match"] <= 1 for r in m["ab_by_method"])
     unparsed = [r for r in m["rsv_latents"] if r["unparsed"]]
     assert unparsed and all(r["role"] in ("removed", "candidate (not relevant)") for r in unparsed)
-    assert Judge.n >= 3 and m["ab"] == []
+    assert Judge.n >= 3 and {r["method"] for r in m["generation"]} >= {"caa", "lora"}
 
 
 def test_04_smoke(tmp_path):
