@@ -48,3 +48,22 @@ def test_malformed_entries_name_file_entry_and_field(tmp_path, monkeypatch):
     finally:
         registry._document.cache_clear()
         registry.entries.cache_clear()
+
+
+def test_every_lexicon_word_is_a_string_and_bare_yaml_booleans_are_refused(tmp_path, monkeypatch):
+    for name, spec in registry.entries("concepts").items():
+        for words in (spec.lexicon or {}).values():
+            assert all(isinstance(w, str) for w in words), name
+    assert {"yes", "true"} <= set(registry.concept("sycophancy").lexicon["concept"])
+    (tmp_path / "concepts.yaml").write_text("concepts:\n  c:\n    description: d\n    anti_description: a\n"
+                                            "    judge: embedding\n    position: last\n"
+                                            "    lexicon: {concept: [agree, yes], anti: [disagree, no]}\n")
+    monkeypatch.setattr(registry, "REGISTRY_DIR", tmp_path)
+    registry._document.cache_clear()
+    registry.entries.cache_clear()
+    try:
+        with pytest.raises(registry.RegistryError, match=r"lexicon words must be strings, got \[True, False\]"):
+            registry.entries("concepts")
+    finally:
+        registry._document.cache_clear()
+        registry.entries.cache_clear()

@@ -154,6 +154,9 @@ def _concept(name: str, raw: dict, doc: dict) -> ConceptSpec:
     if spec.lexicon is not None and (not isinstance(spec.lexicon, dict) or set(spec.lexicon) != {"concept", "anti"}
                                      or not all(isinstance(w, list) and w for w in spec.lexicon.values())):
         raise RegistryError("lexicon must be {concept: [words], anti: [words]}, both non-empty lists")
+    bad = [w for ws in (spec.lexicon or {}).values() for w in ws if not isinstance(w, str)]
+    if bad:  # YAML reads bare yes/no/true/false as booleans
+        raise RegistryError(f"lexicon words must be strings, got {bad!r}: quote them in the YAML (e.g. \"yes\", \"no\")")
     if spec.position not in ("mean", "last"):
         raise RegistryError(f"position must be 'mean' or 'last', got {spec.position!r}")
     return spec
