@@ -2,7 +2,7 @@
 or refined (SAE-RSV, arXiv 2509.23799) through an SAE, against CAA, a probe and LoRA-SFT.
 
 Modules: ``concepts`` (training examples, prompts, judges per concept), ``baselines`` (LoRA-SFT, A/B read-out),
-``experiment`` (vectors by lookup, batched steered generation, validation choice, paired summaries),
+``experiment`` (batched steered generation, LoRA-SFT generations, SAE-RSV's batched relevance step),
 ``evaluation`` (the (N, seed) grid, teacher-forced dose-response and effect at a fixed fluency cost, AxBench-style
 generation scores, SAE-RSV relevance from top contexts). The vector
 methods themselves are toolkit code (:mod:`helpers.core.steering`). Notebook: ``from helpers.studies import

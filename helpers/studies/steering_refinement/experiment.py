@@ -1,77 +1,25 @@
-"""Study 2 glue: build every method's vector, evaluate them in one batched generation, select on validation
-prompts, summarise with paired CIs, and SAE-RSV's batched relevance step."""
+"""Study 2 glue: every steering job in one batched generation, LoRA-SFT's generations, and SAE-RSV's batched
+relevance step (the grid, read-outs and scores are in :mod:`.evaluation`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from helpers.core import activations as A
-from helpers.core import judges as J
-from helpers.core.stats import bootstrap_ci, paired_bootstrap_ci
 from helpers.core.steering import (
-    VECTOR_METHODS,
     Generation,
     generate,
     rsv_neighbours,
     rsv_parts,
     rsv_relevance,
-    vector_method,
 )
-from helpers.core.text import distinct_n
 
 from .baselines import lora_sft
 from .concepts import Concept
 
-__all__ = ["build_vectors", "lora_generate", "rescale_like", "rsv_prepare_all", "run_jobs", "score_generations",
-           "select_on_validation", "steering_jobs_generate", "summarize_steering"]
-
-
-# --- the study's glue: build every method's vector, evaluate in one batched generation, select, summarise ---------
-
-
-
-def rescale_like(v: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``v`` rescaled to ``ref``'s norm (every method's vector gets the norm of its own subset's CAA vector, so a
-    multiplier means the same step size for all methods; our choice)."""
-    return v / v.norm().clamp_min(1e-12) * ref.norm()
-
-
-def build_vectors(sae, x_pos: torch.Tensor, x_neg: torch.Tensor, methods: Sequence[str], *,
-                  configs: dict[str, dict] | None = None) -> dict:
-    """Every method's vector from one training subset: a lookup in :data:`~helpers.core.steering.VECTOR_METHODS`
-    with each method's settings from ``configs`` (e.g. ``{"probe": {"C": 1.0, "seed": 0}, "sdcv": {"k": 32}}``; the
-    SAE is passed to the methods that take one). Every vector but CAA is rescaled to the subset's CAA norm. SDCV also
-    records its selected latents; ``sae_rsv`` returns its :class:`~helpers.core.steering.Decomposition` and support
-    (the relevance judgement and the alpha choice come later: :func:`rsv_prepare_all`, :func:`~helpers.core.steering.rsv_refine`)."""
-    configs = dict(configs or {})
-    unknown = (set(methods) | set(configs)) - set(VECTOR_METHODS) - {"lora"}
-    if unknown:
-        raise ValueError(f"unknown steering methods {sorted(unknown)}; use {sorted(VECTOR_METHODS) + ['lora']}.")
-
-    def make(m):
-        cfg = dict(configs.get(m, {}))
-        if m in ("sdcv", "sae_rsv"):
-            cfg["sae"] = sae
-        return vector_method(m, **cfg)
-
-    caa = make("caa")(x_pos, x_neg)
-    out: dict[str, Any] = {"caa": caa}
-    for m in methods:
-        if m in ("caa", "lora"):
-            continue
-        meth = make(m)
-        if m == "sae_rsv":
-            dec = meth.decompose(x_pos, x_neg)
-            out["rsv_decomposition"], out["rsv_support"] = dec, dec.support(meth.support)
-            continue
-        out[m] = rescale_like(meth(x_pos, x_neg), caa)
-        if m == "sdcv":
-            out["sdcv_latents"] = [int(i) for i in meth.latents(x_pos, x_neg)]
-    return out
+__all__ = ["lora_generate", "rsv_prepare_all", "steering_jobs_generate"]
 
 
 def steering_jobs_generate(model, tokenizer, layer: int, jobs: Sequence[dict], prompts: Sequence[str], *,
@@ -92,56 +40,6 @@ def steering_jobs_generate(model, tokenizer, layer: int, jobs: Sequence[dict], p
     return [gens[i * n:(i + 1) * n] for i in range(len(jobs))]
 
 
-def score_generations(model, tokenizer, concept: Concept, prompts: Sequence[str], gens: Sequence[Generation],
-                      labels: dict) -> pd.DataFrame:
-    """One row per generation: the concept judge's score, perplexity under the unsteered model (call with hooks
-    off), distinct-2, tokens, plus the ``labels`` columns."""
-    texts = [g.text for g in gens]
-    score = J.judge(concept.judge, texts, description=concept.description, anti_description=concept.anti_description)
-    ppl = J.completion_perplexity(model, tokenizer, prompts, texts)
-    return pd.DataFrame({**{k: [v] * len(texts) for k, v in labels.items()}, "item": range(len(texts)),
-                         "score": score, "perplexity": ppl, "distinct_2": [distinct_n(t, 2) for t in texts],
-                         "n_tokens": [g.n_tokens for g in gens], "text": texts})
-
-
-def select_on_validation(df: pd.DataFrame, *, group: Sequence[str], options: Sequence[str],
-                         ppl_max: float) -> pd.DataFrame:
-    """Per ``group`` (e.g. concept x method), the option (e.g. multiplier, alpha) with the highest mean validation
-    score among those whose mean perplexity is <= ``ppl_max``; if none qualifies, the most fluent option."""
-    agg = df.groupby([*group, *options], dropna=False).agg(score=("score", "mean"), perplexity=("perplexity", "mean"))
-    agg = agg.reset_index()
-    agg["score"] = agg["score"].fillna(-np.inf)  # a NaN mean (e.g. every reply empty) never wins
-    agg["perplexity"] = agg["perplexity"].fillna(np.inf)
-    best = []
-    for _, g in agg.groupby(list(group), dropna=False):
-        ok = g[g["perplexity"] <= ppl_max]
-        if not len(ok):
-            ok = g[g["perplexity"] == g["perplexity"].min()]
-        best.append(ok.loc[ok["score"].idxmax()])
-    return pd.DataFrame(best).reset_index(drop=True)
-
-
-def summarize_steering(df: pd.DataFrame, baseline: pd.DataFrame, *, by: Sequence[str] = ("concept", "method",
-                       "n_train"), n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Mean score with a 95% bootstrap CI over test prompts (each prompt's score averaged over seeds first), the
-    paired gain over the unsteered model (``baseline``: concept, item, score) with its CI, mean perplexity and
-    distinct-2."""
-    base = baseline.set_index(["concept", "item"])["score"]
-    rows = []
-    for key, g in df.groupby(list(by), dropna=False):
-        per_item = g.groupby("item")["score"].mean()
-        iv = bootstrap_ci(per_item.values, n_boot=n_boot, seed=seed)
-        concept = g["concept"].iloc[0]
-        b = base.loc[concept].reindex(per_item.index).values
-        gain = paired_bootstrap_ci(per_item.values, b, n_boot=n_boot, seed=seed)
-        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "score": iv.estimate, "ci_low": iv.low,
-                     "ci_high": iv.high, "n_prompts": iv.n, "gain": gain.estimate, "gain_low": gain.low,
-                     "gain_high": gain.high,
-                     "perplexity": float(g["perplexity"].mean()), "distinct_2": float(g["distinct_2"].mean()),
-                     "n_seeds": int(g["seed"].nunique()) if "seed" in g else 1})
-    return pd.DataFrame(rows)
-
-
 def lora_generate(model, tokenizer, pairs: Sequence[tuple[str, str]], prompts: Sequence[str], *,
                   max_new_tokens: int = 24, batch_size: int = 48, **lora_kw) -> tuple[list[Generation], list[float]]:
     """Train LoRA-SFT adapters on ``pairs``, generate for ``prompts``, then remove the adapters (the base model is
@@ -153,19 +51,6 @@ def lora_generate(model, tokenizer, pairs: Sequence[tuple[str, str]], prompts: S
     finally:
         peft_model.unload()
     return gens, losses
-
-
-def run_jobs(model, tokenizer, layer: int, concept: Concept, jobs: Sequence[dict], prompts: Sequence[str], *,
-             max_new_tokens: int = 24, batch_size: int = 48, steer_from: str = "last_prompt",
-             progress: bool = True) -> pd.DataFrame:
-    """Generate for every job x prompt in one batched run and score it (:func:`score_generations`). Each job is a
-    dict with ``vector`` (or None) and ``scale``; its other keys become label columns."""
-    gens = steering_jobs_generate(model, tokenizer, layer, jobs, prompts, max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size, steer_from=steer_from, progress=progress)
-    frames = [score_generations(model, tokenizer, concept, prompts, g,
-                                {"concept": concept.name, **{k: v for k, v in job.items() if k != "vector"}})
-              for job, g in zip(jobs, gens)]
-    return pd.concat(frames, ignore_index=True)
 
 
 def rsv_prepare_all(sae, vectors: dict, concepts: dict[str, Concept], explainer, *, threshold: float = 0.3,
