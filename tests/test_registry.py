@@ -30,40 +30,40 @@ def test_unknown_names_suggest():
         registry.entries("widgets")
 
 
-def test_malformed_entries_name_file_entry_and_field(tmp_path, monkeypatch):
-    doc = {"models": {"m": {"pip": "x", "install_hint": "x", "module": "x", "gguf": "x", "sha256": "abc",
-                            "colour": "red"}}}
-    (tmp_path / "models.yaml").write_text(yaml.safe_dump(doc))
+@pytest.fixture
+def registry_dir(tmp_path, monkeypatch):
+    """The registry read from an empty temporary folder (caches cleared before and after)."""
     monkeypatch.setattr(registry, "REGISTRY_DIR", tmp_path)
     registry._document.cache_clear()
     registry.entries.cache_clear()
-    try:
-        with pytest.raises(registry.RegistryError, match=r"entry 'm': unknown field\(s\) \['colour'\]"):
-            registry.entries("models")
-        del doc["models"]["m"]["colour"]
-        (tmp_path / "models.yaml").write_text(yaml.safe_dump(doc))
-        registry._document.cache_clear()
-        with pytest.raises(registry.RegistryError, match="sha256 'abc' is not 64"):
-            registry.entries("models")
-    finally:
-        registry._document.cache_clear()
-        registry.entries.cache_clear()
+    yield tmp_path
+    registry._document.cache_clear()
+    registry.entries.cache_clear()
 
 
-def test_every_lexicon_word_is_a_string_and_bare_yaml_booleans_are_refused(tmp_path, monkeypatch):
+def test_malformed_entries_name_file_entry_and_field(registry_dir):
+    doc = {"models": {"m": {"pip": "x", "install_hint": "x", "module": "x", "gguf": "x", "sha256": "abc",
+                            "colour": "red"}}}
+    (registry_dir / "models.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(registry.RegistryError, match=r"entry 'm': unknown field\(s\) \['colour'\]"):
+        registry.entries("models")
+    del doc["models"]["m"]["colour"]
+    (registry_dir / "models.yaml").write_text(yaml.safe_dump(doc))
+    registry._document.cache_clear()
+    with pytest.raises(registry.RegistryError, match="sha256 'abc' is not 64"):
+        registry.entries("models")
+
+
+def test_every_lexicon_word_is_a_string():
     for name, spec in registry.entries("concepts").items():
         for words in (spec.lexicon or {}).values():
             assert all(isinstance(w, str) for w in words), name
     assert {"yes", "true"} <= set(registry.concept("sycophancy").lexicon["concept"])
-    (tmp_path / "concepts.yaml").write_text("concepts:\n  c:\n    description: d\n    anti_description: a\n"
-                                            "    judge: embedding\n    position: last\n"
-                                            "    lexicon: {concept: [agree, yes], anti: [disagree, no]}\n")
-    monkeypatch.setattr(registry, "REGISTRY_DIR", tmp_path)
-    registry._document.cache_clear()
-    registry.entries.cache_clear()
-    try:
-        with pytest.raises(registry.RegistryError, match=r"lexicon words must be strings, got \[True, False\]"):
-            registry.entries("concepts")
-    finally:
-        registry._document.cache_clear()
-        registry.entries.cache_clear()
+
+
+def test_bare_yaml_booleans_in_a_lexicon_are_refused(registry_dir):
+    (registry_dir / "concepts.yaml").write_text("concepts:\n  c:\n    description: d\n    anti_description: a\n"
+                                                "    judge: embedding\n    position: last\n"
+                                                "    lexicon: {concept: [agree, yes], anti: [disagree, no]}\n")
+    with pytest.raises(registry.RegistryError, match=r"lexicon words must be strings, got \[True, False\]"):
+        registry.entries("concepts")
