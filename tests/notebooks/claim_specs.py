@@ -25,18 +25,17 @@ import math
 import sys
 from pathlib import Path
 
+_LENS_PROMPTS = ("The capital of France is", "The opposite of hot is", "One, two, three, four,", "Water freezes at zero degrees")
+
 SPECS: dict[str, list[tuple[str, str, float | None, str]]] = {
     "00_inside_a_language_model": [
         ("tokenize/n_tokens", "exact", None, "tokenizer only"),
         *[(f"logit_lens/{p}/final_token", "exact", None, "argmax with a wide margin")
-          for p in ("The capital of France is", "The opposite of hot is", "One, two, three, four,",
-                    "Water freezes at zero degrees")],
+          for p in _LENS_PROMPTS],
         *[(f"logit_lens/{p}/top1_from_block", "abs", 1.0, "a rank threshold: one block either way on near-ties")
-          for p in ("The capital of France is", "The opposite of hot is", "One, two, three, four,",
-                    "Water freezes at zero degrees")],
+          for p in _LENS_PROMPTS],
         *[(f"logit_lens/{p}/p_final", "abs", 0.01, "printed to 2 decimals")
-          for p in ("The capital of France is", "The opposite of hot is", "One, two, three, four,",
-                    "Water freezes at zero degrees")],
+          for p in _LENS_PROMPTS],
         ("probe/acc_full", "abs", 0.01, "probe accuracy, middle block"),
         ("probe/acc_pca2", "abs", 0.02, "2 PCs"),
         ("probe/acc_shuffled", "abs", 0.05, "chance control"),
