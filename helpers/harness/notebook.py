@@ -43,6 +43,7 @@ __all__ = [
     "ParameterError",
     "Run",
     "load_profile",
+    "notebook_profiles",
     "load_results",
     "notebook_names",
     "notebook_parameters",
@@ -147,6 +148,20 @@ def validate_params(notebook: str | Path, params: dict[str, Any], *, source: str
         raise ParameterError(f"{source} for {Path(str(notebook)).stem}: " + "; ".join(problems)
                              + f". Declared parameters: {sorted(declared)}.")
     return out
+
+
+def notebook_profiles(notebook: str | Path) -> list[str]:
+    """The profiles of ``notebook``: the required :data:`PROFILES` (an error names a missing one) followed by any
+    extra ``<name>.yaml`` in its params folder (e.g. notebook 04's ``evidence``)."""
+    nb_path = _notebook_path(notebook)
+    stem = nb_path.stem
+    folder = (PARAMS_DIR if nb_path.parent.resolve() == NOTEBOOKS_DIR.resolve() else nb_path.parent / "params") / stem
+    have = sorted(p.stem for p in folder.glob("*.yaml"))
+    missing = [p for p in PROFILES if p not in have]
+    if missing:
+        raise FileNotFoundError(f"{stem}: profiles {missing} are missing in {folder} (every notebook needs "
+                                f"{', '.join(PROFILES)}).")
+    return [*PROFILES, *[p for p in have if p not in PROFILES]]
 
 
 def load_profile(notebook: str | Path, profile: str) -> dict[str, Any]:
@@ -466,7 +481,7 @@ README_METRICS = {
     "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
     "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups.", "median_norm", "sink_norm", "sink_top_feature"],
     "03_steering_refinement": ["layer", "median_norm", "rsv_alpha.", "curve_cost_ratio."],
-    "04_scoring_skills": ["model", "optimized_minus_initial_qwk", "accepted_edits", "transfer."],
+    "04_scoring_skills": ["model", "diagnoser", "accepted_edits", "paired."],
     "05_sweeps": ["n_points", "n_ok", "n_failed", "y_by_point."],
 }
 #: Record lists in results.json shown as condition x metric tables of means (with CIs); a tuple names the fields
@@ -475,7 +490,7 @@ README_TABLES = {"02_reasoning_features": [("contrast", "gamma", "measure", "sel
                                            ("contrast_non_reasoning", "gamma", "measure", "selected_minus_non-reasoning"),
                                            "generation"],
                  "03_steering_refinement": ["readme_gain"],
-                 "04_scoring_skills": ["summary", "model_choice"]}
+                 "04_scoring_skills": ["summary"]}
 
 
 def readme_results(digits: int = 3) -> str:
@@ -542,7 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute a notebook with a profile through papermill")
     r.add_argument("notebook")
-    r.add_argument("--profile", default="default", choices=PROFILES)
+    r.add_argument("--profile", default="default",
+                   help=f"a profile in notebooks/params/<notebook>/ (every notebook has {', '.join(PROFILES)}; "
+                        f"some have more, e.g. 04's evidence)")
     r.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="override parameters (YAML values)")
     r.add_argument("--output-dir")
     r.add_argument("--log-output", action="store_true")
@@ -559,9 +576,10 @@ def main(argv: list[str] | None = None) -> int:
                          log_output=a.log_output)
         elif a.cmd == "validate":
             for nb in notebook_names():
-                for prof in PROFILES:
+                profs = notebook_profiles(nb)
+                for prof in profs:
                     load_profile(nb, prof)
-                print(f"ok  {nb}: {', '.join(PROFILES)}")
+                print(f"ok  {nb}: {', '.join(profs)}")
         elif a.cmd == "table":
             print(results_table())
         elif a.cmd == "readme":

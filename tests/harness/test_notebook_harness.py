@@ -24,6 +24,19 @@ def test_every_notebook_has_three_profiles_and_default_equals_parameters_cell():
         assert {k: declared[k] for k in default} == default, "default.yaml must equal the parameters cell"
 
 
+def test_extra_profiles_are_listed_after_the_required_ones(tmp_path, monkeypatch):
+    assert nb.notebook_profiles("04_scoring_skills") == ["smoke", "default", "paper", "evidence"]
+    assert nb.notebook_profiles(NB00) == list(nb.PROFILES)
+    assert nb.load_profile("04_scoring_skills", "evidence")["items"] == list(range(1, 11))
+    params = tmp_path / "params"
+    (params / NB00).mkdir(parents=True)
+    for prof in ("smoke", "default"):
+        (params / NB00 / f"{prof}.yaml").write_text("seed: 0\n")
+    monkeypatch.setattr(nb, "PARAMS_DIR", params)
+    with pytest.raises(FileNotFoundError, match=r"profiles \['paper'\] are missing"):
+        nb.notebook_profiles(NB00)
+
+
 def test_parameters_cell_is_read_as_literals():
     p = nb.notebook_parameters(NB00)
     assert p["model_name"] == "smollm2-135m-instruct" and p["n_per_set"] == 60 and p["pca_depth"] == 0.5

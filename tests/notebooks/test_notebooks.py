@@ -236,27 +236,32 @@ def test_03_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
 
 
 def test_04_smoke(tmp_path):
+    """The embedded SmolLM2 GGUF served by llama.cpp: both folds, both proposers, every condition and decision."""
     res, out = _run("04_scoring_skills", "smoke", tmp_path)
-    m = res["metrics"]
-    assert res["profile"] == "smoke" and res["parameters"]["items"] == [5]
-    assert res["provenance"]["model"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    assert [r["condition"] for r in m["conditions"]] == ["no rubric", "expert rubric", "zero-shot rubric",
-                                                         "initial skill", "optimized skill"]
-    for r in m["conditions"]:
-        assert r["n"] == 8 and r["coverage"] == 1.0 and -1 <= r["qwk"] <= 1
+    m, t = res["metrics"], res["tables"]
+    assert res["profile"] == "smoke" and res["parameters"]["items"] == [5, 7]
+    assert m["model"].startswith("openai:") and m["model"].endswith(":smollm2-135m-instruct")
+    conds = ["no rubric", "expert rubric", "initial skill", "optimized skill", "random-edit skill"]
+    assert [r["condition"] for r in m["summary"]] == conds
+    assert {(r["item"], r["condition"], r["decision"]) for r in t["per_item"]} == {
+        (i, c, d) for i in (5, 7) for c in conds for d in ("cutpoints", "calibrated", "argmax", "expected")}
+    for r in t["per_item"]:
+        assert r["n"] == 8 and -1 <= r["qwk"] <= 1 and r["logp_gold"] <= 0
         assert r["qwk_ci_low"] <= r["qwk"] + 1e-9 <= r["qwk_ci_high"] + 2e-9
-    assert len(m["model_comparison"]) == 1 and m["model_comparison"][0]["model"] == "smollm2-135m-instruct"
-    hist = res["optimisation"]["5"]["history"]
-    assert hist[0]["iteration"] == 1 and hist[-1]["iteration"] == "final" and "pool_qwk" in hist[0]
-    assert len(res["predictions"]["5"]) == 8
-    for fig in ("optimisation_trace", "conditions_qwk"):
+    assert set(res["optimisation"]) == {"fold0/llm", "fold0/random", "fold1/llm", "fold1/random"}
+    assert res["optimisation"]["fold0/llm"]["train_items"] == [5]
+    assert [r["contrast"] for r in t["contrasts"]][0] == "optimized skill − initial skill"
+    assert {r["proposer"] for r in t["gate_eval"]} == {"llm", "random"}
+    assert len(res["predictions"]["5"]) == 8 and (out / "skill.json").exists()
+    for fig in ("gate_trace", "conditions_qwk", "paired_contrasts"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
 
 
 class _ScoringServer(BaseHTTPRequestHandler):
-    """A fake OpenAI-compatible endpoint that answers the three prompt kinds of notebook 04 deterministically:
-    scores grow with answer length (so QWK is positive), every 5th score reply is unparseable, rubrics are fixed
-    text, and the diagnosis proposes one generic rule, one item-specific rule and a malformed line."""
+    """A fake OpenAI-compatible endpoint for the three prompt kinds of notebook 04: score prompts get top-20
+    log-probabilities peaking at a length-based score (so QWK is positive), except every 5th answer, whose top
+    tokens hold no score digit (counted as labels outside the top-k); rubrics give one line per score point;
+    the diagnosis proposes a generic rule, an item-specific rule and a malformed line."""
 
     n = 0
 
@@ -266,18 +271,26 @@ class _ScoringServer(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = body["messages"][-1]["content"]
+        logprobs = None
         if "Reply with the score digit only" in text:
             answer = re.search(r"Student answer:\n(.*)\n\nWhat score", text, re.S).group(1)
-            hi = int(re.search(r"What score \(\d+-(\d+)\)", text).group(1))
+            lo, hi = map(int, re.search(r"What score \((\d+)-(\d+)\)", text).groups())
             digest = int(hashlib.sha256(answer.encode()).hexdigest(), 16)
-            reply = "I cannot tell." if digest % 5 == 0 else f"Score: {min(hi, len(answer.split()) // 15)}"
+            peak = min(hi, len(answer.split()) // 15)
+            top = ([{"token": t, "logprob": -1.0 - k, "bytes": None} for k, t in enumerate(["I", "The", "It"])]
+                   if digest % 5 == 0 else
+                   [{"token": str(k), "logprob": -0.3 - 1.5 * abs(k - peak), "bytes": None} for k in range(lo, hi + 1)])
+            reply = top[0]["token"]
+            logprobs = {"content": [{"token": reply, "logprob": top[0]["logprob"], "bytes": None, "top_logprobs": top}]}
         elif "Write the rubric now" in text:
-            reply = "Key concepts: the ideas the question asks for.\nScore-level descriptors: more ideas, more points."
+            lo, hi = map(int, re.search(r"\(scores (\d+) to (\d+)\)", text).groups())
+            reply = "\n".join(f"Score {k}: an answer with {k} correct ideas." for k in range(hi, lo - 1, -1))
         else:
             reply = ("ADD: Reward answers that support each claim with evidence.\nADD: Mention the vinegar.\n"
                      "REVISE R2: Describe each score point from highest to lowest.\nThat is all.")
-        payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}]}
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply},
+                  "logprobs": logprobs}
+        payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]}
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -289,23 +302,20 @@ def test_04_paper_profile_against_a_fake_openai_compatible_server(tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
     try:
-        res, out = _run("04_scoring_skills", "paper", tmp_path, items=[1, 7], api_base_url=url, n_pool=8, n_gate=8,
-                        n_eval=20, n_boot=100,
+        res, out = _run("04_scoring_skills", "paper", tmp_path, items=[1, 7], api_base_url=url, n_pool=8, n_gate=40,
+                        n_cut=12, n_eval=20, n_boot=200,
                         optimizer={"iterations": 2, "n_candidates": 2, "patience": 1, "n_errors": 4, "max_edits": 3,
-                                   "diagnosis_max_tokens": 80})
+                                   "screen_size": 8, "min_gate": 40, "diagnosis_max_tokens": 80})
     finally:
         srv.shutdown()
         srv.server_close()
-    m = res["metrics"]
-    assert res["profile"] == "paper" and res["parameters"]["scoring_method"] == "generate"
-    assert res["provenance"]["backend"] == f"openai:{url}:Qwen/Qwen2.5-7B-Instruct"
-    assert m["model_comparison"] == [] and len(m["conditions"]) == 10
-    cov = [r["coverage"] for r in m["conditions"]]
-    assert all(0.5 < c < 1.0 for c in cov)  # unparseable replies are counted, not dropped
-    assert all(r["n"] == 20 for r in m["conditions"])
-    assert max(r["qwk"] for r in m["conditions"]) > 0.2  # the fake scorer's length signal gets through
-    statuses = {p["edit"]: p["status"] for h in res["optimisation"]["1"]["history"][:-1] for p in h["proposals"]}
+    m, t = res["metrics"], res["tables"]
+    assert res["profile"] == "paper"
+    assert m["model"] == f"openai:{url}:Qwen/Qwen2.5-7B-Instruct" == m["diagnoser"]
+    assert res["provenance"]["llm_stats"]["labels_outside_topk"] > 0  # counted, never dropped
+    cut = [r for r in t["per_item"] if r["decision"] == "cutpoints"]
+    assert len(cut) == 10 and all(r["n"] == 20 for r in cut)
+    assert max(r["qwk"] for r in cut if r["condition"] == "no rubric") > 0.2  # the length signal gets through
+    statuses = {p["edit"]: p["status"] for h in res["optimisation"]["fold0/llm"]["history"][:-1] for p in h["proposals"]}
     assert statuses["ADD: Mention the vinegar."] == "rejected: item-specific"
-    assert res["optimisation"]["1"]["history"][0]["unparsed_lines"] == 1
-    assert set(m["transfer"]) == {"1->1", "1->7", "7->1", "7->7"}
-    assert (out / "figures" / "transfer_heatmap.png").exists()
+    assert res["optimisation"]["fold0/llm"]["history"][0]["unparsed_lines"] == 1

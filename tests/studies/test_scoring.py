@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from helpers.core import data, stats
@@ -133,73 +132,9 @@ def test_parse_and_apply_edits():
     assert study.apply_edit(sk, edits[2]).rules == ("a", "b")
     assert study.apply_edit(sk, study.Edit("delete", 9, "")) is None
     assert study.apply_edit(study.Skill(tuple("abcd")), edits[0], max_rules=4) is None
-
-
-class FakeLLM:
-    """Deterministic stand-in: the 'rubric' is the skill's rule list; the diagnosis reply is fixed."""
-
-    model_id = "fake"
-
-    def __init__(self, diagnosis):
-        self.diagnosis = diagnosis
-        self.stats = {"calls": 0}
-
-    def complete(self, prompt, **kw):
-        self.stats["calls"] += 1
-        return self.diagnosis
-
-    def complete_many(self, batch, **kw):
-        out = []
-        for p in batch:
-            if "Propose at most" in p:
-                out.append(self.complete(p))
-                continue
-            m = re.search(r"Rules:\n(.*?)\n\n", p, re.S)
-            out.append(m.group(1) if m else "zero-shot rubric")
-        return out
-
-
-def _fake_score(backend, info, rubric, texts):
-    """Perfect scores when the rubric holds the rule 'Reward precise answers.', otherwise a constant."""
-    gold = np.array([int(t.split(":")[0]) for t in texts])
-    pred = gold if "Reward precise answers." in rubric else np.ones_like(gold)
-    return study.ScoreResult(pred=pred, parsed=np.ones(len(gold), bool))
-
-
-def _train_items():
-    info = study.load_item(1).info
-    df = pd.DataFrame({"Score1": [0, 1, 2, 3] * 3})
-    df["EssayText"] = [f"{s}: answer" for s in df["Score1"]]
-    return [study.TrainItem(info, df, df.copy())]
-
-
-def test_validation_gate_accepts_only_improvements():
-    llm = FakeLLM("ADD: Penalize vague answers.\nADD: Reward precise answers.\nADD: Mention the vinegar.\nnot an edit")
-    res = study.optimize_skill(llm, _train_items(), iterations=3, n_candidates=3, patience=1, score_fn=_fake_score,
-                           log=lambda *a: None)
-    h = res.history
-    assert h[0]["gate_qwk"] == 0.0 and h[0]["accepted"] and h[0]["unparsed_lines"] == 1
-    status = {p["edit"]: p["status"] for p in h[0]["proposals"]}
-    assert status == {"ADD: Penalize vague answers.": "rejected: not the best",
-                      "ADD: Reward precise answers.": "accepted",
-                      "ADD: Mention the vinegar.": "rejected: item-specific"}
-    assert res.skill.rules == study.DEFAULT_SEED_RULES + ("Reward precise answers.",)
-    # iteration 2: nothing beats the perfect gate QWK -> every candidate fails the gate, patience 1 stops
-    assert h[1]["iteration"] == 2 and not h[1]["accepted"] and h[1]["gate_qwk"] == 1.0
-    assert all(p["status"].startswith(("rejected", "duplicate")) for p in h[1]["proposals"])
-    assert h[-1] == {"iteration": "final", "rules": list(res.skill.rules), "gate_qwk": 1.0}
-    assert "Reward precise answers." in res.rubrics["final"][1]
-
-
-def test_validation_gate_rejects_candidates_that_do_not_improve():
-    llm = FakeLLM("ADD: Penalize vague answers.\nDELETE R1")
-    res = study.optimize_skill(llm, _train_items(), iterations=2, patience=2, score_fn=_fake_score,
-                           log=lambda *a: None)
-    assert res.skill == res.initial and len(res.history) == 3
-    for h in res.history[:2]:
-        assert not h["accepted"] and h["best_candidate_gate_qwk"] == 0.0
-        assert {p["status"] for p in h["proposals"]} == {"rejected: gate (no validation gain)"}
-    assert study.rule_diff(res.initial, res.skill) == [f"  {r}" for r in study.DEFAULT_SEED_RULES]
+    # a rule number the diagnoser writes in front of the rule text is not part of the rule
+    labelled, _ = study.parse_edits("ADD: R4. Ensure each line names a score.\nREVISE R1: R1: Say what earns zero.")
+    assert [e.text for e in labelled] == ["Ensure each line names a score.", "Say what earns zero."]
 
 
 class _GenBackend:
@@ -264,18 +199,3 @@ def test_batch_calibration_removes_a_shared_label_bias():
     # calibrated log-probabilities have (up to each row's normaliser) zero mean per label over the batch
     centred = np.log(cal) - np.log(cal).mean(1, keepdims=True)
     assert np.allclose(centred.mean(0), 0, atol=1e-9)
-
-
-def test_lockstep_runs_batch_their_diagnoses():
-    class Recorder(FakeLLM):
-        batches = []
-
-        def complete_many(self, batch, **kw):
-            type(self).batches.append(sum("Propose at most" in p for p in batch))
-            return super().complete_many(batch, **kw)
-
-    llm = Recorder("ADD: Reward precise answers.")
-    runs = {"a": _train_items(), "b": _train_items()}
-    res = study.optimize_skills(llm, runs, iterations=1, score_fn=_fake_score, log=lambda *a: None)
-    assert set(res) == {"a", "b"} and all(r.history[0]["accepted"] for r in res.values())
-    assert 2 in Recorder.batches  # both runs' diagnoses went out as one batch

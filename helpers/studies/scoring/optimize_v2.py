@@ -1,7 +1,7 @@
 """Study 3: a validation gate that can select (issue 15, fix 4), and the random-edit control.
 
-:func:`optimize_skill_v2` is the loop of :func:`helpers.studies.scoring.optimize.optimize_skills` (kept unchanged
-for notebook 04) with:
+:func:`optimize_skill_v2` is the paper's loop (rubrics with the current skill, errors on a pool, an LLM diagnosis
+proposing rule edits, candidates behind a validation gate; its exact schedule is not in the text available here) with:
 
 * a **continuous gate statistic**: the mean over gate responses of log p(gold score) under the scorer's label
   distribution (:func:`gate_statistic`), on >= ``min_gate`` (40) gate responses per item, instead of QWK on 12;
