@@ -2,11 +2,13 @@
 that nbval actually reads, short code cells, a sentence after every figure, imports by full module name."""
 from __future__ import annotations
 
+import json
 import re
 
 import nbformat
 import pytest
 
+from helpers.harness import notebook as nb
 from helpers.harness.notebook import NOTEBOOKS_DIR, is_progress_bar
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -77,3 +79,21 @@ def test_cells_with_outputs_have_an_execution_count(path):
     unrun = [i for i, c in enumerate(_cells(path)) if c.cell_type == "code"
              and c.get("outputs") and c.get("execution_count") is None]
     assert unrun == [], f"cells with outputs but no execution_count: {unrun}"
+
+
+def test_notebook_04_evidence_results_are_complete():
+    """The committed evidence run (notebook 04 section 7 reads it): all ten items held out once, five conditions,
+    four decision rules, >= 30 held-out responses per item, the paired contrasts, both proposers in both folds."""
+    res = json.loads((nb.RESULTS_DIR / "04_scoring_skills.evidence.json").read_text())
+    assert res["profile"] == "evidence" and res["parameters"]["items"] == list(range(1, 11))
+    t = res["tables"]
+    conds = {"no rubric", "expert rubric", "initial skill", "optimized skill", "random-edit skill"}
+    assert {(r["item"], r["condition"], r["decision"]) for r in t["per_item"]} == {
+        (i, c, d) for i in range(1, 11) for c in conds for d in ("cutpoints", "calibrated", "argmax", "expected")}
+    assert all(r["n"] >= 30 for r in t["per_item"])
+    assert {r["contrast"] for r in t["contrasts"]} >= {"optimized skill − initial skill", "optimized skill − expert rubric",
+                                                      "optimized skill − random-edit skill"}
+    assert all(r["n"] == 300 and r["n_items"] == 10 for r in t["contrasts"])
+    assert set(res["optimisation"]) == {"fold0/llm", "fold0/random", "fold1/llm", "fold1/random"}
+    assert sorted(i for k in ("fold0/llm", "fold1/llm") for i in res["optimisation"][k]["train_items"]) == list(range(1, 11))
+    assert [r["item"] for r in t["ceiling"]] == list(range(1, 11))

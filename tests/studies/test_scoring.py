@@ -131,6 +131,7 @@ def test_parse_and_apply_edits():
     assert study.apply_edit(sk, edits[1]).rules == ("a", "One descriptor per score.", "c")
     assert study.apply_edit(sk, edits[2]).rules == ("a", "b")
     assert study.apply_edit(sk, study.Edit("delete", 9, "")) is None
+    assert study.apply_edit(sk, study.Edit("revise", 1, "b")) is None  # a copy of rule 2: no duplicate rules
     assert study.apply_edit(study.Skill(tuple("abcd")), edits[0], max_rules=4) is None
     # a rule number the diagnoser writes in front of the rule text is not part of the rule
     labelled, _ = study.parse_edits("ADD: R4. Ensure each line names a score.\nREVISE R1: R1: Say what earns zero.")

@@ -71,7 +71,7 @@ def apply_edit(skill: Skill, edit: Edit, max_rules: int = 8) -> Skill | None:
     elif edit.index is None or not 1 <= edit.index <= len(rules):
         return None
     elif edit.op == "revise":
-        if rules[edit.index - 1] == edit.text:
+        if edit.text in rules:  # unchanged, or a copy of another rule: a duplicate rule changes nothing real
             return None
         rules[edit.index - 1] = edit.text
     else:
