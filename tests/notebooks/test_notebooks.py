@@ -240,7 +240,7 @@ def test_04_smoke(tmp_path):
     res, out = _run("04_scoring_skills", "smoke", tmp_path)
     m, t = res["metrics"], res["tables"]
     assert res["profile"] == "smoke" and res["parameters"]["items"] == [5, 7]
-    assert m["model"].startswith("openai:") and m["model"].endswith(":smollm2-135m-instruct")
+    assert m["model"] == m["diagnoser"] == "llama.cpp:SmolLM2-135M-Instruct.Q4_1.gguf"  # the file, not the port
     conds = ["no rubric", "expert rubric", "initial skill", "optimized skill", "random-edit skill"]
     assert [r["condition"] for r in m["summary"]] == conds
     assert {(r["item"], r["condition"], r["decision"]) for r in t["per_item"]} == {
