@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 PYTEST_ARGS ?=
 
-.PHONY: help setup data models run lint test course site browser test-other-cpu test-fast bench lab clean publish readme sweep $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
+.PHONY: help setup data models run lint test course site browser test-other-cpu test-fast bench lab clean publish readme sweep evidence-04 $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
 
 help:
 	@echo "make run    - set up .venv, fetch data, execute every notebook (PROFILE=$(PROFILE)) into outputs/"
@@ -53,6 +53,12 @@ $(addprefix run-,$(NOTEBOOKS)): run-%: data
 	$(PY) -m helpers notebook run $* --profile $(PROFILE)
 
 # re-run a notebook with its default profile and copy the executed notebook over the committed one
+# notebook 04's evidence run (all 10 items; needs the `qwen` extra for its 1.5B diagnoser; ~45 min cold on 2 cores),
+# committed as notebooks/results/04_scoring_skills.evidence.json; then `make publish-04_scoring_skills` shows it
+evidence-04: data
+	TQDM_DISABLE=1 $(PY) -m helpers notebook run 04_scoring_skills --profile evidence --output-dir outputs/04_evidence
+	$(PY) -m helpers notebook publish-results 04_scoring_skills --profile evidence --from outputs/04_evidence
+
 $(addprefix publish-,$(NOTEBOOKS)): publish-%: data
 	TQDM_DISABLE=1 $(PY) -m helpers notebook run $* --profile default
 	$(PY) -m helpers notebook publish $*

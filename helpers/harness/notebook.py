@@ -44,6 +44,7 @@ __all__ = [
     "Run",
     "load_profile",
     "notebook_profiles",
+    "publish_profile_results",
     "load_results",
     "notebook_names",
     "notebook_parameters",
@@ -277,6 +278,30 @@ def publish_notebook(notebook: str | Path) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(OUTPUTS_DIR / stem / "results.json", RESULTS_DIR / f"{stem}.json")
     return NOTEBOOKS_DIR / f"{stem}.ipynb"
+
+
+def publish_profile_results(notebook: str | Path, profile: str, run_dir: str | Path) -> Path:
+    """Commit the ``results.json`` of a non-default profile run (e.g. notebook 04's ``evidence``) as
+    ``notebooks/results/<nb>.<profile>.json``, for a notebook section that reads it. Response texts
+    (``EssayText`` in ``predictions``) are dropped: the committed copy keeps the response Ids, which join with the
+    data mirror, and no dataset text."""
+    stem = _notebook_path(notebook).stem
+    src = Path(run_dir) / "results.json"
+    if not src.exists():
+        raise FileNotFoundError(f"{src} not found: run `python -m helpers notebook run {stem} --profile {profile} "
+                                f"--output-dir {run_dir}` first.")
+    res = json.loads(src.read_text())
+    if res.get("profile") != profile:
+        raise ParameterError(f"{src} is a {res.get('profile')!r} run, not {profile!r}.")
+    for rows in (res.get("predictions") or {}).values():
+        for row in rows:
+            row.pop("EssayText", None)
+    if "predictions" in res:
+        res["predictions_note"] = "EssayText dropped from the committed copy: join on Id with the data mirror"
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    dest = RESULTS_DIR / f"{stem}.{profile}.json"
+    dest.write_text(json.dumps(res, indent=1, allow_nan=True))
+    return dest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -568,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("readme", help="rewrite the README's results section from outputs/*/results.json")
     p = sub.add_parser("publish", help="copy an executed default run over the committed notebook")
     p.add_argument("notebook")
+    pr = sub.add_parser("publish-results", help="commit a non-default profile's results.json (e.g. 04's evidence)")
+    pr.add_argument("notebook")
+    pr.add_argument("--profile", required=True)
+    pr.add_argument("--from", dest="run_dir", required=True, help="the run's output folder")
     sub.add_parser("list", help="list notebooks")
     a = ap.parse_args(argv)
     try:
@@ -587,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
             print(readme_results())
         elif a.cmd == "publish":
             print(publish_notebook(a.notebook))
+        elif a.cmd == "publish-results":
+            print(publish_profile_results(a.notebook, a.profile, a.run_dir))
         elif a.cmd == "list":
             print("\n".join(notebook_names()))
     except (ParameterError, FileNotFoundError) as e:

@@ -151,3 +151,21 @@ def test_a_kernel_that_dies_while_starting_is_started_again_and_other_errors_are
     with pytest.raises(RuntimeError, match="a cell raised"):
         nb.run_notebook("00_inside_a_language_model", "smoke", output_dir=tmp_path)
     assert len(calls) == 1
+
+
+def test_publish_profile_results_commits_a_copy_without_response_texts(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    res = {"profile": "evidence", "metrics": {"x": 1.0},
+           "predictions": {"3": [{"Id": 7, "EssayText": "a student's answer", "Score1": 1, "optimized skill": 2}]}}
+    (run / "results.json").write_text(json.dumps(res))
+    monkeypatch.setattr(nb, "RESULTS_DIR", tmp_path / "results")
+    dest = nb.publish_profile_results("04_scoring_skills", "evidence", run)
+    assert dest == tmp_path / "results" / "04_scoring_skills.evidence.json"
+    got = json.loads(dest.read_text())
+    assert got["predictions"]["3"] == [{"Id": 7, "Score1": 1, "optimized skill": 2}] and got["metrics"] == {"x": 1.0}
+    assert "a student's answer" not in dest.read_text()
+    with pytest.raises(nb.ParameterError, match="is a 'evidence' run, not 'default'"):
+        nb.publish_profile_results("04_scoring_skills", "default", run)
+    with pytest.raises(FileNotFoundError, match="--profile evidence"):
+        nb.publish_profile_results("04_scoring_skills", "evidence", tmp_path / "nowhere")
