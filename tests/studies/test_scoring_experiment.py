@@ -165,3 +165,17 @@ def test_human_ceiling_and_confusion():
     m = study.confusion(folds, 7, "optimized skill")
     assert list(m.index) == list(m.columns) == [0, 1, 2] and np.all(np.diag(m.to_numpy()) > 0)
     assert m.to_numpy().sum() == 40 and (m.to_numpy() - np.diag(np.diag(m.to_numpy()))).sum() == 0
+
+
+def test_cut_points_are_fitted_on_the_cut_point_set_only(small_splits):
+    """No leakage: the decision rule sees the cut-point set's gold scores, never the evaluation responses' ones."""
+    sp = small_splits[7]
+    r = study.score_condition_v2(FakeLLM(), sp, "a rubric", score_kw={})
+    cut_probs, _ = FakeLLM().label_distribution("", [f"{t}\n\nq" for t in sp.cut.EssayText], sp.info.labels)
+    expected = study.fit_cutpoints(cut_probs, sp.cut.Score1.to_numpy(int), sp.info.labels)
+    assert r["cutpoints"] == pytest.approx(expected.tolist())
+    flipped = study.ItemSplits(sp.info, sp.pool, sp.gate, sp.examples, sp.cut,
+                               sp.eval.assign(Score1=sp.info.score_max - sp.eval.Score1))
+    r2 = study.score_condition_v2(FakeLLM(), flipped, "a rubric", score_kw={})
+    assert r2["cutpoints"] == r["cutpoints"] and np.array_equal(r2["preds"]["cutpoints"], r["preds"]["cutpoints"])
+    assert not np.allclose(r2["logp_gold"], r["logp_gold"])  # only the read-out against gold changes
