@@ -151,12 +151,17 @@ def validate_params(notebook: str | Path, params: dict[str, Any], *, source: str
     return out
 
 
+def _params_dir(nb_path: Path) -> Path:
+    """Profiles sit in params/<stem>/ beside the notebook (notebooks/params/ for the collection's notebooks)."""
+    return PARAMS_DIR if nb_path.parent.resolve() == NOTEBOOKS_DIR.resolve() else nb_path.parent / "params"
+
+
 def notebook_profiles(notebook: str | Path) -> list[str]:
     """The profiles of ``notebook``: the required :data:`PROFILES` (an error names a missing one) followed by any
     extra ``<name>.yaml`` in its params folder (e.g. notebook 04's ``evidence``)."""
     nb_path = _notebook_path(notebook)
     stem = nb_path.stem
-    folder = (PARAMS_DIR if nb_path.parent.resolve() == NOTEBOOKS_DIR.resolve() else nb_path.parent / "params") / stem
+    folder = _params_dir(nb_path) / stem
     have = sorted(p.stem for p in folder.glob("*.yaml"))
     missing = [p for p in PROFILES if p not in have]
     if missing:
@@ -171,11 +176,9 @@ def load_profile(notebook: str | Path, profile: str) -> dict[str, Any]:
 
     nb_path = _notebook_path(notebook)
     stem = nb_path.stem
-    # profiles sit in params/<stem>/ beside the notebook (notebooks/params/ for the collection's notebooks)
-    params_dir = PARAMS_DIR if nb_path.parent.resolve() == NOTEBOOKS_DIR.resolve() else nb_path.parent / "params"
-    path = params_dir / stem / f"{profile}.yaml"
+    path = _params_dir(nb_path) / stem / f"{profile}.yaml"
     if not path.exists():
-        have = sorted(p.stem for p in (params_dir / stem).glob("*.yaml"))
+        have = sorted(p.stem for p in (_params_dir(nb_path) / stem).glob("*.yaml"))
         raise FileNotFoundError(f"No profile {profile!r} for {stem}: {path} is missing (profiles: {have}).")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):

@@ -148,10 +148,10 @@ def run_fold(backend, splits: dict[int, ItemSplits], train_items: list[int], eva
               "random-edit skill": opts["random"].skill if "random" in opts else s0}
     # one rubric per distinct skill and item: a skill the optimiser left unchanged writes the *same* rubric as the
     # initial skill (identical prompts sent together can come back different from a batching server)
-    distinct = list(dict.fromkeys(skills.values()))
-    reqs = [(splits[i].info, sk, splits[i].examples) for i in eval_items for sk in distinct]
-    rubs, reports = build_rubrics_checked(backend, reqs, **rubric_kw)
-    built = {(i, sk): (r, rep) for (i, sk), r, rep in zip([(i, sk) for i in eval_items for sk in distinct], rubs, reports)}
+    pairs = [(i, sk) for i in eval_items for sk in dict.fromkeys(skills.values())]
+    rubs, reports = build_rubrics_checked(backend, [(splits[i].info, sk, splits[i].examples) for i, sk in pairs],
+                                          **rubric_kw)
+    built = dict(zip(pairs, zip(rubs, reports)))
     rubrics, rub_reports = {}, {}
     for i in eval_items:
         rubrics[i] = {"no rubric": None, "expert rubric": splits[i].info.rubric}
@@ -191,13 +191,12 @@ def conditions_frame(folds: list[dict], splits: dict[int, ItemSplits], *, n_boot
                              "qwk_ci_high": iv.high, "accuracy": float(np.mean(p == r["gold"])),
                              "logp_gold": float(np.mean(r["logp_gold"])), "label_mass": r["label_mass"],
                              "n": len(p)})
-    means = []
-    for (c, d), lst in ivs.items():
-        m = stratified_mean_ci(lst)
-        sub = [r for r in rows if r["condition"] == c and r["decision"] == d]
-        means.append({"condition": c, "decision": d, "qwk": m.estimate, "qwk_ci_low": m.low, "qwk_ci_high": m.high,
-                      "logp_gold": float(np.mean([r["logp_gold"] for r in sub])), "n_items": len(lst)})
-    return pd.DataFrame(rows), pd.DataFrame(means)
+    per_item = pd.DataFrame(rows)
+    logp = per_item.groupby(["condition", "decision"]).logp_gold.mean()
+    means = [{"condition": c, "decision": d, "qwk": m.estimate, "qwk_ci_low": m.low, "qwk_ci_high": m.high,
+              "logp_gold": float(logp[c, d]), "n_items": len(lst)}
+             for (c, d), lst in ivs.items() for m in [stratified_mean_ci(lst)]]
+    return per_item, pd.DataFrame(means)
 
 
 def paired_contrasts(folds: list[dict], splits: dict[int, ItemSplits], *, contrasts=CONTRASTS,
