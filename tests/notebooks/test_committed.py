@@ -82,18 +82,23 @@ def test_cells_with_outputs_have_an_execution_count(path):
 
 
 def test_notebook_04_evidence_results_are_complete():
-    """The committed evidence run (notebook 04 section 7 reads it): all ten items held out once, five conditions,
-    four decision rules, >= 30 held-out responses per item, the paired contrasts, both proposers in both folds."""
+    """The committed evidence run (notebook 04 section 7 reads it): all ten items held out once, six conditions,
+    four decision rules, >= 30 held-out responses per item, the paired contrasts, all three proposers in both folds
+    (GEPA within the diagnosed loop's budget)."""
     res = json.loads((nb.RESULTS_DIR / "04_scoring_skills.evidence.json").read_text())
     assert res["profile"] == "evidence" and res["parameters"]["items"] == list(range(1, 11))
     t = res["tables"]
-    conds = {"no rubric", "expert rubric", "initial skill", "optimized skill", "random-edit skill"}
+    conds = {"no rubric", "expert rubric", "initial skill", "optimized skill", "random-edit skill", "GEPA skill"}
     assert {(r["item"], r["condition"], r["decision"]) for r in t["per_item"]} == {
         (i, c, d) for i in range(1, 11) for c in conds for d in ("cutpoints", "calibrated", "argmax", "expected")}
     assert all(r["n"] >= 30 for r in t["per_item"])
     assert {r["contrast"] for r in t["contrasts"]} >= {"optimized skill − initial skill", "optimized skill − expert rubric",
-                                                      "optimized skill − random-edit skill"}
+                                                      "optimized skill − random-edit skill",
+                                                      "optimized skill − GEPA skill"}
     assert all(r["n"] == 300 and r["n_items"] == 10 for r in t["contrasts"])
-    assert set(res["optimisation"]) == {"fold0/llm", "fold0/random", "fold1/llm", "fold1/random"}
+    assert set(res["optimisation"]) == {f"fold{f}/{p}" for f in (0, 1) for p in ("llm", "random", "gepa")}
     assert sorted(i for k in ("fold0/llm", "fold1/llm") for i in res["optimisation"][k]["train_items"]) == list(range(1, 11))
+    for f in (0, 1):  # GEPA's budget: at most the diagnosed loop's candidates and the responses it scored (+ 1 minibatch)
+        g, d = (res["optimisation"][f"fold{f}/{p}"]["history"][-1]["budget"] for p in ("gepa", "llm"))
+        assert g["proposals"] <= 6 and g["metric_calls"] <= d["metric_calls"] + 2 * 3
     assert [r["item"] for r in t["ceiling"]] == list(range(1, 11))

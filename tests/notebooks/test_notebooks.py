@@ -236,22 +236,22 @@ def test_03_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
 
 
 def test_04_smoke(tmp_path):
-    """The embedded SmolLM2 GGUF served by llama.cpp: both folds, both proposers, every condition and decision."""
+    """The embedded SmolLM2 GGUF served by llama.cpp: both folds, all three proposers, every condition and decision."""
     res, out = _run("04_scoring_skills", "smoke", tmp_path)
     m, t = res["metrics"], res["tables"]
     assert res["profile"] == "smoke" and res["parameters"]["items"] == [5, 7]
     assert m["model"] == m["diagnoser"] == "llama.cpp:SmolLM2-135M-Instruct.Q4_1.gguf"  # the file, not the port
-    conds = ["no rubric", "expert rubric", "initial skill", "optimized skill", "random-edit skill"]
+    conds = ["no rubric", "expert rubric", "initial skill", "optimized skill", "random-edit skill", "GEPA skill"]
     assert [r["condition"] for r in m["summary"]] == conds
     assert {(r["item"], r["condition"], r["decision"]) for r in t["per_item"]} == {
         (i, c, d) for i in (5, 7) for c in conds for d in ("cutpoints", "calibrated", "argmax", "expected")}
     for r in t["per_item"]:
         assert r["n"] == 8 and -1 <= r["qwk"] <= 1 and r["logp_gold"] <= 0
         assert r["qwk_ci_low"] <= r["qwk"] + 1e-9 <= r["qwk_ci_high"] + 2e-9
-    assert set(res["optimisation"]) == {"fold0/llm", "fold0/random", "fold1/llm", "fold1/random"}
+    assert set(res["optimisation"]) == {f"fold{f}/{p}" for f in (0, 1) for p in ("llm", "random", "gepa")}
     assert res["optimisation"]["fold0/llm"]["train_items"] == [5]
     assert [r["contrast"] for r in t["contrasts"]][0] == "optimized skill − initial skill"
-    assert {r["proposer"] for r in t["gate_eval"]} == {"llm", "random"}
+    assert {r["proposer"] for r in t["gate_eval"]} == {"llm", "random", "gepa"}
     assert len(res["predictions"]["5"]) == 8 and (out / "skill.json").exists()
     for fig in ("gate_trace", "conditions_qwk", "paired_contrasts"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
@@ -314,8 +314,10 @@ def test_04_paper_profile_against_a_fake_openai_compatible_server(tmp_path):
     assert m["model"] == f"openai:{url}:Qwen/Qwen2.5-7B-Instruct" == m["diagnoser"]
     assert res["provenance"]["llm_stats"]["labels_outside_topk"] > 0  # counted, never dropped
     cut = [r for r in t["per_item"] if r["decision"] == "cutpoints"]
-    assert len(cut) == 10 and all(r["n"] == 20 for r in cut)
+    assert len(cut) == 12 and all(r["n"] == 20 for r in cut)
     assert max(r["qwk"] for r in cut if r["condition"] == "no rubric") > 0.2  # the length signal gets through
     statuses = {p["edit"]: p["status"] for h in res["optimisation"]["fold0/llm"]["history"][:-1] for p in h["proposals"]}
     assert statuses["ADD: Mention the vinegar."] == "rejected: item-specific"
     assert res["optimisation"]["fold0/llm"]["history"][0]["unparsed_lines"] == 1
+    gepa = res["optimisation"]["fold0/gepa"]["history"]  # GEPA reflected on the same endpoint, within its budget
+    assert 1 <= gepa[-1]["budget"]["proposals"] <= 4 and all(h["proposer"] == "gepa" for h in gepa[:-1])

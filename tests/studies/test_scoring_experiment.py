@@ -89,15 +89,22 @@ def small_splits():
             for i in (1, 7)}
 
 
-def test_run_fold_optimises_with_both_proposers_and_scores_every_condition_on_held_out_items(small_splits):
+def test_run_fold_optimises_with_every_proposer_and_scores_every_condition_on_held_out_items(small_splits):
     scorer = FakeLLM()
     diagnoser = FakeLLM(["ADD: Reward precise answers.\nADD: Mention the vinegar.\nnot an edit"])
     opt = {"iterations": 1, "n_candidates": 2, "patience": 1, "n_errors": 4, "max_edits": 3, "screen_size": 4,
            "min_gate": 8}
     fold = study.run_fold(scorer, small_splits, [1], [7], optimizer=opt, rubric_kw={}, score_kw={}, seed=0,
                           diagnoser=diagnoser, log=lambda *a: None)
-    assert set(fold["optimizations"]) == {"llm", "random"}
-    assert len(diagnoser.diagnosis_prompts) == 1 and scorer.diagnosis_prompts == []  # only the llm proposer diagnoses
+    assert set(fold["optimizations"]) == {"llm", "random", "gepa"}
+    # the llm proposer diagnoses once, GEPA reflects once per proposal (budget: 1 iteration x 2 candidates), both
+    # on the diagnoser; the random control calls no LLM
+    assert len(diagnoser.diagnosis_prompts) == 3 and scorer.diagnosis_prompts == []
+    assert "rules for the rubric writer" in diagnoser.diagnosis_prompts[1]
+    gepa_final = fold["optimizations"]["gepa"].history[-1]
+    llm_calls = fold["optimizations"]["llm"].history[-1]["budget"]["metric_calls"]
+    assert llm_calls > 0 and gepa_final["budget"]["proposals"] == 2
+    assert gepa_final["budget"]["metric_calls"] <= llm_calls + 3 * 2  # GEPA checks its budget before a proposal
     llm_hist = fold["optimizations"]["llm"].history
     status = {p["edit"]: p["status"] for p in llm_hist[0]["proposals"]}
     assert status["ADD: Mention the vinegar."] == "rejected: item-specific"  # item 1's own words
@@ -105,7 +112,7 @@ def test_run_fold_optimises_with_both_proposers_and_scores_every_condition_on_he
     assert fold["optimizations"]["random"].history[0]["proposer"] == "random"
     assert list(fold["scores"]) == [7] and list(fold["scores"][7]) == list(study.CONDITIONS_V2)
     rub = fold["rubrics"][7]
-    for c in ("optimized skill", "random-edit skill"):  # an unchanged skill writes the initial skill's very rubric
+    for c in ("optimized skill", "random-edit skill", "GEPA skill"):  # an unchanged skill writes the initial's rubric
         if fold["skills"][c] == fold["skills"]["initial skill"]:
             assert rub[c] is rub["initial skill"]
     assert rub["no rubric"] is None and rub["expert rubric"] == small_splits[7].info.rubric
@@ -124,7 +131,9 @@ def test_run_fold_optimises_with_both_proposers_and_scores_every_condition_on_he
     assert len(per_item) == len(study.CONDITIONS_V2) * len(study.DECISIONS)
     assert set(means.n_items) == {1}
     gv = study.gate_vs_eval([fold])
-    assert list(gv.proposer) == ["llm", "random"] and list(gv["trained on"]) == ["1", "1"]
+    assert list(gv.proposer) == ["llm", "random", "gepa"] and list(gv["trained on"]) == ["1", "1", "1"]
+    with pytest.raises(ValueError, match="unknown proposers"):
+        study.run_fold(scorer, small_splits, [1], [7], optimizer=opt, rubric_kw={}, score_kw={}, proposers=("dspy",))
 
 
 # ------------------------------------------------------------------------------------------------ paired summaries
@@ -137,7 +146,7 @@ def _synthetic_folds(seed=0, n=40):
         noise = rng.integers(0, hi + 1, n)
         mk = lambda p, lp, g=gold: {"gold": g, "preds": {d: p for d in study.DECISIONS}, "logp_gold": lp}  # noqa: E731
         scores[item] = {"optimized skill": mk(gold, np.full(n, -0.5)), "initial skill": mk(noise, np.full(n, -1.2))}
-        for c in ("no rubric", "expert rubric", "random-edit skill"):
+        for c in ("no rubric", "expert rubric", "random-edit skill", "GEPA skill"):
             scores[item][c] = mk(noise, np.full(n, -1.2))
         info = study.load_item(item).info
         ev = pd.DataFrame({"Score1": gold, "Score2": gold, "EssayText": ["x"] * n, "Id": range(n)})

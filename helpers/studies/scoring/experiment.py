@@ -7,8 +7,10 @@
   (one per score point, the same for every condition that takes examples), and a **cut-point set** on which each
   condition's decision rule is fitted - and a stratified evaluation sample of ``val.csv`` that no selection sees;
 * :func:`run_fold`: :func:`~helpers.studies.scoring.optimize_v2.optimize_skill_v2` twice on the fold's training
-  items, with the LLM diagnoser and with random edits (the control: same loop, gate and budget), then every
-  condition (no rubric, expert rubric, initial skill, optimized skill, random-edit skill) on the held-out items;
+  items, with the LLM diagnoser and with random edits (the control: same loop, gate and budget), then GEPA on the
+  same rules within the diagnosed loop's budget (:mod:`~helpers.studies.scoring.gepa_baseline`), then every
+  condition (no rubric, expert rubric, initial skill, optimized skill, random-edit skill, GEPA skill) on the
+  held-out items;
 * :func:`score_condition_v2`: label distributions on the evaluation and cut-point sets, the mean log p(gold) per
   response (continuous, the gate's statistic), and scores under every decision rule on the same distributions
   (cut-points fitted on the cut-point set: the default; batch calibration, argmax and rounded expectation beside);
@@ -28,24 +30,28 @@ from helpers.core.stats import bootstrap_ci, paired_qwk_diff_items, qwk, qwk_ci,
 
 from .decision import fit_cutpoints
 from .evaluation import decide, score_responses
+from .gepa_baseline import optimize_skill_gepa
 from .items import Item, ReadmeInfo, split_train_examples, stratified_sample
 from .optimize import TrainItem
 from .optimize_v2 import gate_statistic, optimize_skill_v2
 from .skills import DESCRIPTORS_FIRST_SCAFFOLD, Skill, build_rubrics_checked
 
-__all__ = ["CONDITIONS_V2", "CONTRASTS", "DECISIONS", "ItemSplits", "conditions_frame", "confusion", "gate_vs_eval",
-           "human_ceiling", "initial_skill", "item_folds", "make_splits", "paired_contrasts", "plot_conditions_v2",
-           "plot_contrasts", "plot_gate_trace", "run_fold", "score_condition_v2"]
+__all__ = ["CONDITIONS_V2", "CONTRASTS", "DECISIONS", "PROPOSER_CONDITION", "ItemSplits", "conditions_frame",
+           "confusion", "gate_vs_eval", "gepa_budget", "human_ceiling", "initial_skill", "item_folds", "make_splits",
+           "paired_contrasts", "plot_conditions_v2", "plot_contrasts", "plot_gate_trace", "run_fold",
+           "score_condition_v2"]
 
 #: Conditions scored on every held-out item (the zero-shot rubric of the first design is dropped: it is the
 #: initial skill without rules, and each condition costs a rubric per item).
-CONDITIONS_V2 = ("no rubric", "expert rubric", "initial skill", "optimized skill", "random-edit skill")
+CONDITIONS_V2 = ("no rubric", "expert rubric", "initial skill", "optimized skill", "random-edit skill", "GEPA skill")
+#: The condition each optimiser ("proposer") produces.
+PROPOSER_CONDITION = {"llm": "optimized skill", "random": "random-edit skill", "gepa": "GEPA skill"}
 #: Decision rules reported side by side on the same label distributions ("cutpoints" is the study's).
 DECISIONS = ("cutpoints", "calibrated", "argmax", "expected")
 #: The paired comparisons the study is about: (condition a, condition b), reported as a - b.
 CONTRASTS = (("optimized skill", "initial skill"), ("optimized skill", "expert rubric"),
-             ("optimized skill", "random-edit skill"), ("initial skill", "expert rubric"),
-             ("expert rubric", "no rubric"))
+             ("optimized skill", "random-edit skill"), ("optimized skill", "GEPA skill"), ("GEPA skill", "initial skill"),
+             ("initial skill", "expert rubric"), ("expert rubric", "no rubric"))
 
 
 def initial_skill() -> Skill:
@@ -121,31 +127,56 @@ def score_condition_v2(backend, sp: ItemSplits, rubric: str | None, *, score_kw:
             "cut_stat": gate_statistic(cut.probs, sp.cut["Score1"].to_numpy(int), labels)}
 
 
+def gepa_budget(optimizer: dict, n_items: int, n_pool: int, n_gate: int, llm_result=None) -> tuple[int, int]:
+    """``(max_proposals, max_metric_calls)`` for the GEPA baseline: the diagnosed loop's candidate budget
+    (iterations x n_candidates) and the responses it scored in the same fold (its ``budget["metric_calls"]``), or,
+    without a diagnosed run, the most it could score (initial gate + per iteration the pool and every candidate's
+    screen and gate)."""
+    it, nc = optimizer.get("iterations", 3), optimizer.get("n_candidates", 3)
+    if llm_result is not None:
+        calls = next(h for h in llm_result.history if h["iteration"] == "final")["budget"]["metric_calls"]
+    else:
+        screen = min(optimizer.get("screen_size", 12), n_gate)
+        calls = n_items * (n_gate + it * (n_pool + nc * (screen + n_gate)))
+    return it * nc, int(calls)
+
+
 def run_fold(backend, splits: dict[int, ItemSplits], train_items: list[int], eval_items: list[int], *,
              optimizer: dict, rubric_kw: dict, score_kw: dict, seed: int = 0, diagnoser=None,
-             proposers: tuple[str, ...] = ("llm", "random"), log=print) -> dict[str, Any]:
+             proposers: tuple[str, ...] = ("llm", "random", "gepa"), log=print) -> dict[str, Any]:
     """One item fold: optimise the initial skill on ``train_items`` with each proposer ("llm": diagnosed edits,
-    the optimized skill; "random": the random-edit control), then score every condition of
-    :data:`CONDITIONS_V2` on each of ``eval_items``. Returns ``{"optimizations": {proposer: OptimizationResult},
-    "skills": {condition: Skill}, "rubrics": {item: {condition: str | None}}, "rubric_reports": ...,
-    "scores": {item: {condition: score_condition_v2 result}}}``."""
+    the optimized skill; "random": the random-edit control; "gepa": GEPA on the same rules, slices, diagnoser and
+    budget, :func:`gepa_budget`), then score every condition of :data:`CONDITIONS_V2` on each of ``eval_items``
+    (a proposer not run leaves its condition at the initial skill). Returns ``{"optimizations": {proposer:
+    OptimizationResult}, "skills": {condition: Skill}, "rubrics": {item: {condition: str | None}},
+    "rubric_reports": ..., "scores": {item: {condition: score_condition_v2 result}}}``."""
     bad = sorted(set(train_items) & set(eval_items))
     if bad:
         raise ValueError(f"items {bad} are both trained on and evaluated in this fold; folds must be disjoint.")
     missing = sorted((set(train_items) | set(eval_items)) - set(splits))
     if missing:
         raise ValueError(f"no splits for items {missing}; make_splits them first.")
+    unknown = [p for p in proposers if p not in PROPOSER_CONDITION]
+    if unknown:
+        raise ValueError(f"unknown proposers {unknown}; choose from {sorted(PROPOSER_CONDITION)}.")
     s0 = initial_skill()
     train = [splits[i].train_item() for i in train_items]
     infos = [splits[i].info for i in sorted(splits)]
     opts = {}
-    for prop in proposers:
+    for prop in sorted(proposers, key=lambda p: p == "gepa"):  # GEPA last: its budget is the diagnosed loop's
         log(f"fold trained on items {train_items}: optimising with proposer={prop!r}")
+        if prop == "gepa":
+            props, calls = gepa_budget(optimizer, len(train), len(train[0].pool), len(train[0].gate), opts.get("llm"))
+            opts[prop] = optimize_skill_gepa(
+                backend, train, s0, max_metric_calls=calls, max_proposals=props, reflection_lm=diagnoser,
+                max_rules=optimizer.get("max_rules", 8), reflection_max_tokens=optimizer.get("diagnosis_max_tokens", 200),
+                score_kw={**score_kw, "decision": "expected"}, rubric_kw=rubric_kw, seed=seed, reject_infos=infos,
+                log=log)
+            continue
         opts[prop] = optimize_skill_v2(backend, train, s0, proposer=prop, diagnoser=diagnoser if prop == "llm" else None,
                                        score_kw={**score_kw, "decision": "expected"}, rubric_kw=rubric_kw,
                                        seed=seed, reject_infos=infos, log=log, **optimizer)
-    skills = {"initial skill": s0, "optimized skill": opts["llm"].skill if "llm" in opts else s0,
-              "random-edit skill": opts["random"].skill if "random" in opts else s0}
+    skills = {"initial skill": s0, **{c: opts[p].skill if p in opts else s0 for p, c in PROPOSER_CONDITION.items()}}
     # one rubric per distinct skill and item: a skill the optimiser left unchanged writes the *same* rubric as the
     # initial skill (identical prompts sent together can come back different from a batching server)
     pairs = [(i, sk) for i in eval_items for sk in dict.fromkeys(skills.values())]
@@ -231,7 +262,7 @@ def gate_vs_eval(folds: list[dict]) -> pd.DataFrame:
         for prop, res in f["optimizations"].items():
             hist = [h for h in res.history if h["iteration"] != "final"]
             final = next(h for h in res.history if h["iteration"] == "final")
-            cond = "optimized skill" if prop == "llm" else "random-edit skill"
+            cond = PROPOSER_CONDITION[prop]
             ev = [np.mean(r[cond]["logp_gold"] - r["initial skill"]["logp_gold"]) for r in f["scores"].values()]
             rows.append({"trained on": ",".join(map(str, f["train_items"])), "proposer": prop,
                          "iterations": len(hist), "accepted": int(sum(h.get("accepted", False) for h in hist)),

@@ -146,7 +146,8 @@ def optimize_skill_v2(backend, items: list[TrainItem], skill: Skill | None = Non
     infos = reject_infos or [it.info for it in items]
     answers = {it.info.item: it.pool["EssayText"].tolist() for it in items}
     screens = {it.info.item: stratified_sample(it.gate, min(screen_size, len(it.gate)), seed) for it in items}
-    budget = {"candidates": 0, "screen_evals": 0, "gate_evals": 0, "rubric_retries": 0, "rubrics_missing_points": 0}
+    budget = {"candidates": 0, "screen_evals": 0, "gate_evals": 0, "rubric_retries": 0, "rubrics_missing_points": 0,
+              "metric_calls": 0}  # metric_calls: responses scored (initial, pool, screen and gate evaluations)
     memory: dict[tuple, str] = {}  # edit key -> the edit as shown to the diagnoser (with why it was rejected)
 
     def build(skills: list[Skill]) -> list[dict[int, str]]:
@@ -162,6 +163,7 @@ def optimize_skill_v2(backend, items: list[TrainItem], skill: Skill | None = Non
         for it in items:
             df = screens[it.info.item] if split == "screen" else getattr(it, split)
             res = score_fn(backend, it.info, rubrics[it.info.item], df["EssayText"].tolist())
+            budget["metric_calls"] += len(df)
             if res.probs is None:
                 raise ValueError("the v2 gate needs label probabilities: use likelihood scoring (score_fn returning "
                                  "ScoreResult.probs).")
