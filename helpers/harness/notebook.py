@@ -412,16 +412,21 @@ class Run:
     def path(self, name: str) -> Path:
         return self.output_dir / name
 
-    def savefig(self, fig, name: str, dpi: int = 110) -> Path | None:
+    def savefig(self, fig, name: str, dpi: int = 110) -> None:
         """Save a matplotlib/seaborn figure as ``<output_dir>/figures/<name>.png`` (it is still shown inline);
-        ``None`` (a plot replaced by a sentence, e.g. all-constant data) is skipped."""
+        ``None`` (a plot replaced by a sentence, e.g. all-constant data) is skipped. Returns nothing, so that a cell
+        ending in ``run.savefig(...)`` shows the figure and not a machine-specific path (the file is
+        :meth:`figure_path`)."""
         if fig is None:
-            return None
-        p = self.output_dir / "figures" / f"{name}.png"
+            return
+        p = self.figure_path(name)
         p.parent.mkdir(parents=True, exist_ok=True)
         fig = getattr(fig, "figure", fig)
         fig.savefig(p, dpi=dpi, bbox_inches="tight")
-        return p
+
+    def figure_path(self, name: str) -> Path:
+        """Where :meth:`savefig` writes the figure ``name``."""
+        return self.output_dir / "figures" / f"{name}.png"
 
     def save(self, metrics: dict[str, Any], provenance: dict[str, Any] | None = None,
              **extra: Any) -> Path:

@@ -93,6 +93,22 @@ def test_run_save_and_results_table_round_trip(tmp_path, monkeypatch):
         nb.load_results("01_missing")
 
 
+def test_savefig_writes_the_png_and_returns_nothing_to_display(tmp_path):
+    """A cell ending in run.savefig(...) must not show a machine-specific path in the committed notebook."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = {**nb.notebook_parameters(NB00), "output_dir": str(tmp_path / NB00), "profile": "smoke"}
+    run = nb.start(NB00, ns)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    assert run.savefig(fig, "line") is None and run.savefig(None, "skipped") is None
+    assert run.figure_path("line").stat().st_size > 1000 and not run.figure_path("skipped").exists()
+    plt.close(fig)
+
+
 def test_papermill_sees_exactly_the_declared_parameters():
     import papermill as pm
 

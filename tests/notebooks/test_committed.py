@@ -102,3 +102,17 @@ def test_notebook_04_evidence_results_are_complete():
         g, d = (res["optimisation"][f"fold{f}/{p}"]["history"][-1]["budget"] for p in ("gepa", "llm"))
         assert g["proposals"] <= 6 and g["metric_calls"] <= d["metric_calls"] + 2 * 3
     assert [r["item"] for r in t["ceiling"]] == list(range(1, 11))
+
+
+def test_committed_outputs_show_no_local_paths():
+    """No committed output shows a machine-specific path (e.g. the PosixPath a cell ending in a call that returns
+    the saved figure's path would display)."""
+    bad = []
+    for name in nb.notebook_names():
+        cells = json.loads((nb.NOTEBOOKS_DIR / f"{name}.ipynb").read_text())["cells"]
+        for i, c in enumerate(cells):
+            for o in c.get("outputs", []):
+                text = "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                if "PosixPath(" in text or str(nb.PROJECT_ROOT) in text:
+                    bad.append((name, i))
+    assert bad == [], f"outputs showing local paths: {bad}"
