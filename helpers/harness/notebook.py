@@ -349,7 +349,8 @@ def environment() -> dict[str, Any]:
            "git_commit": _git_commit()}
     from importlib import metadata
 
-    for dist in ("transformers", "numpy", "pandas", "scikit-learn", "scipy", "sae-lens", "peft", "sentence-transformers"):
+    for dist in ("transformers", "numpy", "pandas", "scikit-learn", "scipy", "sae-lens", "peft", "sentence-transformers",
+                 "eai-sparsify", "xllamacpp", "openai", "gepa"):
         try:
             env[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
