@@ -92,6 +92,12 @@ def test_gepa_keeps_the_initial_skill_when_no_proposal_helps_and_refuses_bad_bud
     assert res.skill == study.initial_skill()
     assert not any(h.get("accepted") for h in res.history[:-1])
     assert res.history[-1]["budget"]["metric_calls"] <= 60 + 6  # GEPA checks its budget before each proposal
+    # a proposal that is the current rules plus an item-specific one is the current skill after the rule check
+    refl = Reflector("```\n" + study.rules_text(study.initial_skill()) + "\nR4. Mention the vinegar.\n```")
+    res = study.optimize_skill_gepa(scorer, items, study.initial_skill(), max_metric_calls=60, max_proposals=2,
+                                    reflection_lm=refl, log=lambda *a: None)
+    assert [h["proposals"][0]["status"] for h in res.history[:-1]] == ["rejected: unchanged after the rule check"] * 2
+    assert res.skill == study.initial_skill()
     with pytest.raises(ValueError, match="max_metric_calls must be an integer >= 1"):
         study.optimize_skill_gepa(scorer, items, study.initial_skill(), max_metric_calls=0, max_proposals=1)
 

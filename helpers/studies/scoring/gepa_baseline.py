@@ -154,6 +154,9 @@ class _Recorder:
     def _it(self, i: int) -> dict[str, Any]:
         return self.iters.setdefault(i, {"iteration": i})
 
+    def on_candidate_selected(self, e):
+        self._it(e["iteration"])["parent"] = dict(e["candidate"])
+
     def on_proposal_end(self, e):
         self._it(e["iteration"])["text"] = (e.get("new_instructions") or {}).get("rules")
 
@@ -222,11 +225,16 @@ def optimize_skill_gepa(backend, items: list[TrainItem], skill: Skill, *, max_me
     for i in sorted(rec.iters):
         r = rec.iters[i]
         text = r.get("text") or ""
-        p = {"edit": ("rules -> " + (" | ".join(parse_rules(text, max_rules)) or "(no rules parsed)")) if text
-             else "(no proposal)",
+        new = parse_rules(text, max_rules)
+        old = parse_rules(r["parent"]["rules"], max_rules) if "parent" in r else list(skill.rules)
+        diff = [f"+ {x}" for x in new if x not in old] + [f"- {x}" for x in old if x not in new]
+        p = {"edit": ("; ".join(diff) or "(the same rules)") if text else "(no proposal)", "text": text,
              "status": r.get("status", "no proposal")}
         if "minibatch" in r:
             p["minibatch"] = list(r["minibatch"])
+        if text and "parent" in r and adapter.skill_of({"rules": text}) == adapter.skill_of(r["parent"]):
+            # what is left after the rule check is the parent's skill: the same rubrics, the same scores
+            p["status"] = "rejected: unchanged after the rule check"
         accepted = False
         if r.get("status") == "pool":
             g = rec.val.get(r["candidate"], res.val_aggregate_scores[r["candidate"]])
