@@ -277,6 +277,27 @@ def test_caa_refusal_vector_moves_ab_probabilities(smol):
     assert down.mean() < base.mean() < up.mean() + 0.01
 
 
+def test_lora_generate_trains_with_batch_size_and_generates_with_gen_batch_size(monkeypatch):
+    """The training batch (lora_kw batch_size) and the generation batch are separate: notebook 03 passed its LoRA
+    training batch of 4 and generated 50 prompts 4 at a time (4.5x slower than the steered generations' 64)."""
+    from helpers.studies.steering_refinement import experiment as E
+
+    seen = {}
+
+    class Peft:
+        sft_losses = [1.0]
+
+        def unload(self):
+            seen["unloaded"] = True
+
+    monkeypatch.setattr(E, "lora_sft", lambda m, t, pairs, **kw: seen.update(train=kw) or Peft())
+    monkeypatch.setattr(E, "generate", lambda m, t, prompts, **kw: seen.update(gen=kw) or ["g"] * len(prompts))
+    gens, losses = E.lora_generate("model", "tok", [("p", "c")], ["a", "b"], max_new_tokens=5, gen_batch_size=64,
+                                   batch_size=4, steps=3)
+    assert seen["train"] == {"batch_size": 4, "steps": 3} and seen["gen"] == {"max_new_tokens": 5, "batch_size": 64}
+    assert gens == ["g", "g"] and losses == [1.0] and seen["unloaded"]
+
+
 def test_lora_sft_learns_and_unload_restores_the_model(smol):
     model, tok = smol
     ids = tok("The capital of France is", return_tensors="pt")

@@ -41,12 +41,13 @@ def steering_jobs_generate(model, tokenizer, layer: int, jobs: Sequence[dict], p
 
 
 def lora_generate(model, tokenizer, pairs: Sequence[tuple[str, str]], prompts: Sequence[str], *,
-                  max_new_tokens: int = 24, batch_size: int = 48, **lora_kw) -> tuple[list[Generation], list[float]]:
-    """Train LoRA-SFT adapters on ``pairs``, generate for ``prompts``, then remove the adapters (the base model is
-    restored exactly: ``PeftModel.unload()`` without merging). Returns (generations, training losses)."""
+                  max_new_tokens: int = 24, gen_batch_size: int = 48, **lora_kw) -> tuple[list[Generation], list[float]]:
+    """Train LoRA-SFT adapters on ``pairs`` (``lora_kw`` go to :func:`lora_sft`, its ``batch_size`` included), generate
+    for ``prompts`` in batches of ``gen_batch_size``, then remove the adapters (the base model is restored exactly:
+    ``PeftModel.unload()`` without merging). Returns (generations, training losses)."""
     peft_model = lora_sft(model, tokenizer, pairs, **lora_kw)
     try:
-        gens = generate(peft_model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size)
+        gens = generate(peft_model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=gen_batch_size)
         losses = list(peft_model.sft_losses)
     finally:
         peft_model.unload()
