@@ -118,3 +118,19 @@ def test_gepa_budget_matches_the_diagnosed_loop():
     class R:
         history = [{"iteration": 1}, {"iteration": "final", "budget": {"metric_calls": 620}}]
     assert study.gepa_budget(opt, 5, 12, 40, R()) == (6, 620)
+
+
+def test_a_failing_reflection_lm_is_shown_and_recorded_not_hidden(items):
+    """GEPA catches a reflection LM's exception and goes on; the failure must still reach the log and the history."""
+    scorer = GoldAwareScorer(_gold(items))
+
+    class Down:
+        def complete(self, prompt, **kw):
+            raise ConnectionError("server down")
+
+    lines = []
+    res = study.optimize_skill_gepa(scorer, items, study.initial_skill(), max_metric_calls=60, max_proposals=2,
+                                    reflection_lm=Down(), log=lines.append)
+    assert any("fail" in x.lower() or "did not propose" in x for x in lines)
+    assert res.skill == study.initial_skill()
+    assert len(res.history) == 3 and all(h["proposals"][0]["edit"] == "(no proposal)" for h in res.history[:-1])

@@ -207,8 +207,9 @@ def optimize_skill_gepa(backend, items: list[TrainItem], skill: Skill, *, max_me
 
     class _Log:
         def log(self, message: str):
-            if message.startswith("Iteration") and any(k in message for k in ("subsample", "Best score on valset",
-                                                                              "full valset", "fail")):
+            failed = any(k in message.lower() for k in ("fail", "error", "did not propose"))  # always shown
+            if failed or (message.startswith("Iteration") and any(k in message for k in (
+                    "subsample", "Best score on valset", "full valset"))):
                 log(f"[gepa] {message.splitlines()[0][:120]}")
 
     res = gepa.optimize(seed_candidate={"rules": rules_text(skill)}, trainset=trainset, valset=valset,
