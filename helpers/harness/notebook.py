@@ -44,6 +44,7 @@ __all__ = [
     "Run",
     "load_profile",
     "notebook_profiles",
+    "shown_path",
     "publish_profile_results",
     "load_results",
     "notebook_names",
@@ -74,6 +75,12 @@ class ParameterError(ValueError):
 def notebook_names() -> list[str]:
     """Notebook stems in ``notebooks/`` (``NN_topic``), sorted."""
     return sorted(p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def shown_path(path: str | Path) -> Path:
+    """``path`` relative to the project when it is inside it: logs and committed outputs carry no local paths."""
+    path = Path(path)
+    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
 
 
 def _notebook_path(notebook: str | Path) -> Path:
@@ -184,7 +191,7 @@ def load_profile(notebook: str | Path, profile: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ParameterError(f"{path} must be a mapping of parameter: value, got {type(data).__name__}.")
     data.setdefault("profile", profile)
-    return validate_params(nb_path, data, source=str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path))
+    return validate_params(nb_path, data, source=str(shown_path(path)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,7 +468,7 @@ def start(notebook: str, namespace: dict[str, Any]) -> Run:
         sns.set_theme(context="notebook", style="whitegrid")
     except ImportError:  # pragma: no cover
         pass
-    print(f"{notebook}: profile={params.get('profile')!r}, outputs -> {out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out}")
+    print(f"{notebook}: profile={params.get('profile')!r}, outputs -> {shown_path(out)}")
     return Run(notebook=notebook, params=params, output_dir=out)
 
 

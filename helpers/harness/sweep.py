@@ -112,12 +112,6 @@ class SweepReport:
 # Sweep files
 # --------------------------------------------------------------------------------------------------
 
-def _shown(path: Path) -> Path:
-    """``path`` relative to the project when it is inside it (logs and committed outputs carry no local paths)."""
-    path = Path(path)
-    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
-
-
 def point_id(notebook: str, params: dict[str, Any], digits: int = 12, *, code: str = "") -> str:
     """Stable id of a point: sha256 of the notebook name, its resolved parameters (minus ``output_dir``) and
     ``code`` (:func:`helpers_code_hash` when the sweep is loaded: changing a helper gives new ids, so the points
@@ -477,7 +471,7 @@ def run_sweep(spec: str | Path | dict | Sweep, *, jobs: int = 1, engine: str = "
             todo.append({"id": p.id, "notebook": sw.notebook, "profile": sw.profile, "overrides": p.overrides,
                          "folder": str(pf), "threads": threads})
     say(f"{sw.name}: {len(sw.points)} points, {len(skipped)} already done, {len(todo)} to run "
-        f"(engine={engine}, jobs={jobs}, {threads} threads each) -> {_shown(folder)}")
+        f"(engine={engine}, jobs={jobs}, {threads} threads each) -> {nb.shown_path(folder)}")
     t0 = time.time()
     results = []
 

@@ -2,24 +2,22 @@
 planted effect (a rule that raises p(gold)) it must find, an item-specific rule it must drop, and its budget."""
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
 from helpers.studies import scoring as study
+from tests.studies.test_scoring_experiment import FakeLLM
 
 GOOD = "Reward precise answers."
 
 
-class GoldAwareScorer:
+class GoldAwareScorer(FakeLLM):
     """p(gold) is 0.4 with any rubric and 0.8 when the rubric carries GOOD (a planted, real improvement of the gate
-    statistic); the rest of the mass is spread over the other labels; rubrics echo the skill's rules."""
-
-    model_id = "fake"
+    statistic); the rest of the mass is spread over the other labels; rubrics echo the skill's rules (FakeLLM)."""
 
     def __init__(self, gold_by_text):
-        self.gold_by_text, self.rubric_prompts = gold_by_text, []
+        super().__init__()
+        self.gold_by_text = gold_by_text
 
     def label_distribution(self, prefix, suffixes, labels, progress=False):
         p = 0.8 if GOOD in prefix else 0.4
@@ -30,16 +28,6 @@ class GoldAwareScorer:
             row[labels.index(str(g))] = p
             out.append(row)
         return np.array(out), np.full(len(suffixes), 0.9)
-
-    def complete_many(self, batch, **kw):
-        out = []
-        for pr in batch:
-            self.rubric_prompts.append(pr)
-            lo, hi = map(int, re.search(r"\(scores (\d+) to (\d+)\)", pr).groups())
-            rules = re.search(r"Rules:\n(.*?)\n\n", pr, re.S)
-            out.append("\n".join(f"Score {k}: descriptor" for k in range(hi, lo - 1, -1)) + "\n"
-                       + (rules.group(1) if rules else ""))
-        return out
 
 
 class Reflector:
