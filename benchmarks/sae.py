@@ -1,14 +1,14 @@
 """SAE benchmark: activation caching tokens/s, then one TopK SAE config (d_sae, k, batch) trained at equal tokens on
 the same cached activations by three trainers, side by side: tokens/s and held-out variance explained.
 
-* ``saelens``: the collection's path (``helpers.core.sae``: SAELens' ``SAETrainer`` + ``TopKTrainingSAE``, AuxK,
+* ``saelens``: the collection's other trainer (``helpers.core.sae``: SAELens' ``SAETrainer`` + ``TopKTrainingSAE``, AuxK,
   Adam lr 1e-3, ``expected_average_only_in`` normalisation).
 * ``plain_torch``: a plain-PyTorch TopK loop (Adam lr 1e-3, unit-norm decoder, no AuxK, no bookkeeping): the floor.
-* ``eai_sparsify``: EleutherAI's ``sparsify`` (PyPI ``eai-sparsify``, the optional extra ``[sparsify]``), its own
-  ``Trainer.fit`` with its defaults (signum + schedule-free, lr 5e-3 / sqrt(latents / 2^14), b_dec set to the first
-  batch's mean, decoder unit-norm with parallel-gradient removal, its FVU loss). Its trainer hooks a model's
-  module, so a stand-in "model" whose one module replays the cached activations feeds it the same rows in the same
-  order as the others. Not installed -> the exact import error is recorded instead.
+* ``eai_sparsify``: the collection's default trainer, EleutherAI's ``sparsify`` (PyPI ``eai-sparsify``) through
+  ``helpers.core.sae.fit_sparsify``: its own ``Trainer.fit`` with its defaults (signum + schedule-free, lr
+  5e-3 / sqrt(latents / 2^14), b_dec set to the first batch's mean, decoder unit-norm with parallel-gradient
+  removal, its FVU loss) plus AuxK as in the SAELens path; a stand-in "model" whose one module replays the cached
+  activations feeds it the same rows in the same order as the others.
 
 Variance explained is measured on held-out texts, on all tokens and on the ordinary tokens of the collection's
 outlier policy (``helpers.core.sae.reconstruction_metrics``). ``SAE_BENCH_STEPS`` sets the steps (default 25).
@@ -16,11 +16,11 @@ Writes ``outputs/bench/sae.json``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -94,66 +94,24 @@ def run_plain(cfg: S.SAETrainConfig, x: torch.Tensor, heldout: torch.Tensor) -> 
     return {"tokens_per_s": round(steps * cfg.batch_size / dt, 1), **_quality(view, heldout)}
 
 
-class _Replay(torch.nn.Module):
-    """A stand-in for a Hugging Face model for sparsify's ``Trainer``: ``input_ids`` are row indices into cached
-    activations, and its one module, ``replay``, outputs those rows (the hookpoint sparsify trains on)."""
-
-    def __init__(self, acts: torch.Tensor):
-        super().__init__()
-        self.acts = acts
-        self.replay = torch.nn.Identity()
-        self.config = SimpleNamespace(num_hidden_layers=1)
-
-    @property
-    def base_model(self):
-        return self
-
-    @property
-    def device(self):
-        return self.acts.device
-
-    @property
-    def dummy_inputs(self):
-        return {"input_ids": torch.zeros(1, 2, dtype=torch.long)}
-
-    def forward(self, input_ids, **_):
-        return self.replay(self.acts[input_ids])
-
-
-def run_sparsify(cfg: S.SAETrainConfig, x: torch.Tensor, heldout: torch.Tensor, seq: int = 128) -> dict:
+def run_sparsify(cfg: S.SAETrainConfig, x: torch.Tensor, heldout: torch.Tensor) -> dict:
+    """The collection's default trainer: ``helpers.core.sae.fit_sparsify`` (EleutherAI's sparsify ``Trainer.fit``
+    on the same rows, saved in SAELens' layout and loaded back the way notebooks load it)."""
     try:
         from importlib.metadata import version
-
-        from sparsify import SparseCoderConfig, TrainConfig, Trainer
 
         ver = version("eai-sparsify")
     except Exception as e:  # noqa: BLE001 - the error text is the result
         return {"error": f"{type(e).__name__}: {e}"}
-    steps = cfg.n_train_tokens // cfg.batch_size
-    # the same rows in the same order as the other trainers (S._token_batches), cut into "sequences" of seq rows
-    batches = S._token_batches(x, cfg.batch_size, 0)
-    rows = torch.cat([next(batches) for _ in range(steps)])
-    ids = torch.arange(len(rows)).reshape(-1, seq)
-    dataset = [{"input_ids": r} for r in ids]
+    scfg = dataclasses.replace(cfg, trainer="sparsify")
     with tempfile.TemporaryDirectory() as tmp:
-        tcfg = TrainConfig(SparseCoderConfig(num_latents=cfg.d_sae, k=cfg.k), batch_size=cfg.batch_size // seq,
-                           hookpoints=["replay"], log_to_wandb=False, save_every=10**9, save_dir=tmp, run_name="bench",
-                           init_seeds=[0])
-        trainer = Trainer(tcfg, dataset, _Replay(rows))
         t0 = time.perf_counter()
-        trainer.fit()
+        S.fit_sparsify(scfg, S._token_batches(x, cfg.batch_size, 0), Path(tmp) / "sae")
         dt = time.perf_counter() - t0
-    sc = trainer.saes["replay"]
-
-    def enc(z):
-        out = sc.encode(z)
-        return torch.zeros(len(z), sc.num_latents).scatter_(-1, out.top_indices, out.top_acts)
-
-    view = _DenseView(None, None, sc.W_dec.detach(), sc.b_dec.detach(), cfg.k, encode=enc)
-    view.W_enc = sc.encoder.weight.detach().T
-    return {"tokens_per_s": round(steps * cfg.batch_size / dt, 1), "version": ver,
-            "optimizer": tcfg.optimizer, "lr": f"5e-3/sqrt({cfg.d_sae}/2^14) (sparsify default)",
-            "note": "sparsify's Trainer.fit includes its first-step b_dec init and the save at the end", **_quality(view, heldout)}
+        inf = S.load_sae(Path(tmp) / "sae")
+    return {"tokens_per_s": round(cfg.n_train_tokens // cfg.batch_size * cfg.batch_size / dt, 1), "version": ver,
+            "optimizer": "signum + schedule-free (sparsify's default), lr 5e-3/sqrt(d_sae/2^14)",
+            "note": "the collection's default trainer; includes sparsify's first-step b_dec init and the save", **_quality(inf, heldout)}
 
 
 def main() -> dict:
@@ -171,15 +129,17 @@ def main() -> dict:
         n_cached = len(store)
     x, heldout = split["train"], split["heldout"]
     print(f"[bench] cached {n_cached} tokens in {cache_s:.1f} s; training {steps} steps x {cfg.batch_size} tokens")
-    trainers = {"saelens": run_saelens(cfg, x, heldout), "plain_torch": run_plain(cfg, x, heldout),
-                "eai_sparsify": run_sparsify(cfg, x, heldout)}
+    trainers = {"eai_sparsify": run_sparsify(cfg, x, heldout), "saelens": run_saelens(cfg, x, heldout),
+                "plain_torch": run_plain(cfg, x, heldout)}
     ok = {n: r for n, r in trainers.items() if "tokens_per_s" in r}
     fastest = max(ok, key=lambda n: ok[n]["tokens_per_s"])
     res = {"activation_caching": {"tokens": n_cached, "seconds": round(cache_s, 2),
                                   "tokens_per_s": round(n_cached / cache_s, 1), "layer": cfg.layer},
            "sae_training": {"d_sae": cfg.d_sae, "k": cfg.k, "batch": cfg.batch_size, "tokens": cfg.n_train_tokens,
                             "n_train_rows": len(x), "n_heldout_tokens": len(heldout), "threads": torch.get_num_threads(),
-                            "trainers": trainers, "fastest": fastest,
+                            "trainers": trainers, "fastest": fastest, "default_trainer": "eai_sparsify",
+                            "default_over_fastest": round(ok["eai_sparsify"]["tokens_per_s"] / ok[fastest]["tokens_per_s"], 2)
+                            if "eai_sparsify" in ok else None,
                             "saelens_over_fastest": round(ok["saelens"]["tokens_per_s"] / ok[fastest]["tokens_per_s"], 2),
                             "saelens_over_plain": round(ok["saelens"]["tokens_per_s"] / ok["plain_torch"]["tokens_per_s"], 2)}}
     return write_result("sae", res)

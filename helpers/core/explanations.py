@@ -28,8 +28,9 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from .features import TokenTable, top_contexts
 from .sae import encode
 
-__all__ = ["DETECTION_LABELS", "EXPLAINER_SYSTEM", "detection_examples", "detection_prompt", "detection_scores",
-           "explainer_prompt", "llm_explanations", "neuronpedia_features", "report_from_export", "shuffled_explanations"]
+__all__ = ["CONTROL", "DETECTION_LABELS", "EXPLAINER_SYSTEM", "detection_examples", "detection_prompt", "detection_sample",
+           "detection_scores", "explain_and_score", "explainer_prompt", "GENERIC_EXPLANATIONS", "llm_explanations", "neuronpedia_features",
+           "report_from_export", "shuffled_explanations"]
 
 #: Judge labels: "1" the feature fires in the text, "0" it does not (single tokens in every tokenizer used here).
 DETECTION_LABELS = ("1", "0")
@@ -139,10 +140,23 @@ def shuffled_explanations(explanations: dict[int, str], seed: int = 0) -> dict[i
 
 #: The explainer's instructions (our wording, after delphi's default explainer prompt: marked activating tokens,
 #: one concise description, no list of examples back).
-EXPLAINER_SYSTEM = ("You explain features of a language model. You see short texts in which one feature is active; "
-                    "the tokens where it is most active are marked <<like this>>. Say in one short phrase (at most 12 "
-                    "words) what the feature detects: a word, a kind of token, a topic or a pattern. Answer with the "
-                    "phrase only.")
+EXPLAINER_SYSTEM = (
+    "You explain features of a language model. You see short texts in which one feature is active; the tokens where "
+    "it is most active are marked <<like this>>. Write one specific phrase (at most 12 words) naming what the marked "
+    "tokens have in common: the exact word or words if they repeat, otherwise the kind of word, the topic or the "
+    "pattern. Never answer with a generic phrase such as \"a word\" or \"a token\". Answer in the form\n"
+    "[EXPLANATION]: <phrase>\n\n"
+    "Examples:\n\n"
+    "Texts:\n1. She paid <<$>>40 for it\n2. It costs <<$>>12 a month\n3. a <<$>>5 bill\n"
+    "[EXPLANATION]: the dollar sign before a price\n\n"
+    "Texts:\n1. the exam is in <<March>>\n2. from <<October>> to <<May>>\n3. born on 3 <<June>> 1990\n"
+    "[EXPLANATION]: names of months\n\n"
+    "Texts:\n1. his <<guitar>> solo\n2. she plays the <<piano>> and the <<violin>>\n3. a <<drum>> kit\n"
+    "[EXPLANATION]: musical instruments")
+
+#: Answers that name no pattern: counted as unusable, like an empty answer (a 1.5B explainer gives "A word" often).
+GENERIC_EXPLANATIONS = frozenset({"a word", "word", "words", "a token", "token", "tokens", "a phrase", "phrase",
+                                  "a pattern", "pattern", "a kind of token", "text", "a text", "a word or phrase"})
 
 
 def explainer_prompt(contexts: Sequence[dict], tokenizer, *, mark_fraction: float = 0.5) -> str:
@@ -162,14 +176,22 @@ def explainer_prompt(contexts: Sequence[dict], tokenizer, *, mark_fraction: floa
 
 
 def _clean_explanation(reply) -> str:
-    """First line of a reply, without a leading 'Explanation:' / quotes; '' when nothing usable is left."""
+    """The explanation in a reply: the text after its last ``[EXPLANATION]:`` (else its first line), without a
+    leading 'Explanation:' / quotes; '' when nothing usable is left or it is generic (:data:`GENERIC_EXPLANATIONS`)."""
     if not isinstance(reply, str):
         return ""
-    line = next((ln.strip() for ln in reply.strip().splitlines() if ln.strip()), "")
+    text = reply.strip()
+    if "[EXPLANATION]:" in text:
+        text = text.rsplit("[EXPLANATION]:", 1)[1]
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
     for pre in ("explanation:", "answer:", "the feature detects", "feature:"):
         if line.lower().startswith(pre):
             line = line[len(pre):].strip(" :")
-    line = line.strip(' "*.')
+    line = line.strip(" *.")
+    if line.count('"') % 2 or (line.startswith('"') and line.endswith('"')):  # unbalanced or enclosing quotes
+        line = line.strip('"').strip(" *.")
+    if line.lower() in GENERIC_EXPLANATIONS:
+        return ""
     return line if len(line) >= 2 and any(ch.isalpha() for ch in line) else ""
 
 
@@ -256,3 +278,44 @@ def report_from_export(data: dict, explainer: str | None = None) -> dict[int, di
                                 "label": label, "similarity": max(auroc(best), 0.0) if best else 0.0,
                                 "score_name": "detection AUROC"}
     return out
+
+
+CONTROL = "LLM, shuffled (control)"
+
+
+def explain_and_score(backend, sae, table: TokenTable, latents: Sequence[int], tokenizer, *, offline: dict[str, dict[int, str]],
+                      n_explain: int = 6, n_pos: int = 5, n_neg: int = 5, seed: int = 0) -> dict:
+    """The whole comparison of notebook 01: detection examples for ``latents``, explanations by ``backend`` (the
+    LLM explainer) plus the ``offline`` ones given (name -> {latent: text}; a callable ``f(contexts) -> text`` is
+    applied to each latent's explainer contexts), the shuffled-LLM control, and every set scored by detection with
+    ``backend`` as the judge. Returns ``examples``, ``sets`` (name -> {latent: text}), ``scores`` (one row per
+    explainer x latent) and ``counts`` (LLM answers asked / unusable)."""
+    lat = [int(i) for i in latents]
+    if len(lat) < 2:
+        raise ValueError(f"explain_and_score needs at least 2 latents (the control swaps explanations), got {len(lat)}.")
+    ex = detection_examples(sae, table, lat, tokenizer, n_explain=n_explain, n_pos=n_pos, n_neg=n_neg, seed=seed)
+    llm_expl, counts = llm_explanations(backend, {i: ex[i]["explain"] for i in lat}, tokenizer)
+    sets: dict[str, dict[int, str]] = {"LLM": llm_expl}
+    for name, e in offline.items():
+        sets[name] = ({i: e(ex[i]["explain"], i) for i in lat if ex[i]["explain"]} if callable(e)
+                      else {i: e[i] for i in lat if i in e})
+    sets[CONTROL] = shuffled_explanations(llm_expl, seed=seed) if len(llm_expl) >= 2 else {}
+    scores = pd.concat([detection_scores(backend, e, ex).assign(explainer=n) for n, e in sets.items() if e],
+                       ignore_index=True)
+    return {"examples": ex, "sets": sets, "scores": scores, "counts": counts}
+
+
+def detection_sample(frequency: torch.Tensor, candidates: Sequence[int], n: int, *, band: tuple[float, float] = (1e-3, 5e-2)
+                     ) -> list[int]:
+    """The first ``n`` of ``candidates`` (in their order) whose firing frequency lies in ``band`` (delphi scores
+    latents that are neither dead nor dense); when the band holds fewer than ``n``, the other live candidates fill
+    up the sample, nearest to the band first (our choice: small SAEs and stand-ins have few latents in the band)."""
+    if n < 2:
+        raise ValueError(f"a detection sample needs n >= 2 latents (the control swaps explanations), got {n}.")
+    freq = {int(i): float(frequency[int(i)]) for i in candidates}
+    inside = [i for i in freq if band[0] < freq[i] < band[1]]
+    if len(inside) >= n:
+        return inside[:n]
+    dist = lambda f: (np.log10(band[0]) - np.log10(f)) if f <= band[0] else (np.log10(f) - np.log10(band[1]))
+    rest = sorted((i for i in freq if i not in inside and freq[i] > 0), key=lambda i: dist(freq[i]))
+    return (inside + rest)[:n]

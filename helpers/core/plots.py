@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-__all__ = ["barplot", "facet_lineplot", "heatmap", "histplot", "lineplot", "scatter"]
+__all__ = ["barplot", "boxplot", "facet_lineplot", "heatmap", "histplot", "lineplot", "scatter"]
 
 
 def _finish(ax, title: str, xlabel: str, ylabel: str):
@@ -55,6 +55,17 @@ def histplot(values, *, title: str, xlabel: str, ylabel: str, bins="auto", discr
 def barplot(data, *, x: str, y: str, hue: str | None = None, title: str, xlabel: str, ylabel: str, figsize=(8, 3.5)):
     fig, ax = plt.subplots(figsize=figsize)
     sns.barplot(data=data, x=x, y=y, hue=hue, ax=ax, errorbar=("ci", 95), seed=0)
+    return _finish(ax, title, xlabel, ylabel)
+
+
+def boxplot(data, *, x: str, y: str, title: str, xlabel: str, ylabel: str, figsize=(8, 3.5), ref: float | None = 0.5):
+    """A box per ``x`` with every point drawn on top (small samples: the points are the data); ``ref`` draws a
+    dashed reference line (e.g. chance)."""
+    fig, ax = plt.subplots(figsize=figsize)
+    sns.boxplot(data=data, x=x, y=y, ax=ax, color="0.85", showfliers=False)
+    sns.stripplot(data=data, x=x, y=y, ax=ax, color="C0", size=4, jitter=0.15)
+    if ref is not None:
+        ax.axhline(ref, ls="--", color="0.4", lw=1)
     return _finish(ax, title, xlabel, ylabel)
 
 

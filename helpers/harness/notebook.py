@@ -519,7 +519,9 @@ def results_table(notebooks: list[str] | None = None, digits: int = 3) -> str:
 README_METRICS = {
     "00_inside_a_language_model": ["capture.tokens_per_s", "logit_lens.", "probe.acc_full", "probe.acc_pca2",
                                    "probe.acc_shuffled"],
-    "01_sparse_autoencoders": ["variance_explained", "l0", "dead_fraction", "ce_", "n_heldout_tokens"],
+    "01_sparse_autoencoders": ["trainer", "variance_explained", "l0", "dead_fraction", "dense_fraction", "ce_", "n_heldout_tokens",
+                               *[f"detection_minus_control.{e}.{f}" for e in ("LLM", "offline label", "offline tokens")
+                                 for f in ("estimate", "low", "high")], "llm_explanations."],
     "02_reasoning_features": ["n_tokens_corpus", "n_selected", "groups.", "median_norm", "sink_norm", "sink_top_feature"],
     "03_steering_refinement": ["layer", "median_norm", "rsv_alpha.", "curve_cost_ratio."],
     "04_scoring_skills": ["model", "diagnoser", "accepted_edits", "paired."],

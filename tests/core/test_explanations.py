@@ -137,3 +137,12 @@ def test_neuronpedia_export_has_the_viewer_layout_and_the_browser_reads_it_back(
     assert E.report_from_export(data, explainer="offline tokens")[5]["label"] == "t2 t3 [offline tokens]"
     html = F.static_report({5: rep[5]})
     assert "cats and dogs" in html and "detection AUROC 0.90" in html
+
+
+def test_detection_sample_prefers_the_frequency_band_and_fills_up_from_nearest():
+    freq = torch.tensor([0.0, 0.01, 0.2, 0.02, 0.0005, 0.9, 0.03])
+    assert E.detection_sample(freq, [0, 1, 2, 3, 4, 5, 6], 2) == [1, 3]
+    assert E.detection_sample(freq, [0, 1, 2, 3, 4, 5, 6], 5) == [1, 3, 6, 4, 2]  # 0.0005 is nearer the band than 0.2
+    assert 0 not in E.detection_sample(freq, range(7), 6)  # never a dead latent
+    with pytest.raises(ValueError, match="n >= 2"):
+        E.detection_sample(freq, [1, 3], 1)

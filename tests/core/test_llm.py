@@ -116,6 +116,9 @@ def test_feature_explanation_uses_the_endpoint_and_counts_unusable_answers(serve
     assert counts == {"asked": 1, "unusable": 0, "no_contexts": 1}
     assert E._clean_explanation("Explanation: the word 'cat'.\nmore") == "the word 'cat'"
     assert E._clean_explanation("  ...  ") == "" and E._clean_explanation(None) == ""
+    # the few-shot format: the phrase after the last [EXPLANATION]:; generic answers name nothing and are unusable
+    assert E._clean_explanation("The texts mention pets.\n[EXPLANATION]: cats and dogs\nextra") == "cats and dogs"
+    assert E._clean_explanation("[EXPLANATION]: A word") == "" and E._clean_explanation("tokens.") == ""
 
 
 def test_complete_many_runs_concurrently_keeps_order_and_caches(server, tmp_path):

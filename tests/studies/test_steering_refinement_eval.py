@@ -219,3 +219,78 @@ def test_completion_perplexities_share_the_prompt_cache_and_match_one_set_at_a_t
     assert np.isnan(got[0][2]) and not np.isnan(got[1]).any()  # an empty completion has no perplexity
     with pytest.raises(ValueError, match="one completion per prompt"):
         J.completion_perplexities(model, tok, prompts, [["a"]])
+
+
+class _Tok:
+    vocab = ["the", " cat", " sat", " we", " wait", " here", " dog"]
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids)
+
+
+class _ExplainAndJudge:
+    """Explains a latent by the marked token it sees; judges detection by that token's presence in the text."""
+
+    def __init__(self):
+        self.explained = []
+
+    def complete_many(self, msgs, **kw):
+        out = []
+        for m in msgs:
+            marked = m[-1]["content"].split("<<")[1].split(">>")[0]
+            self.explained.append(marked)
+            out.append(f"the word {marked}")
+        return out
+
+    def label_distribution(self, prefix, suffixes, labels):
+        kw = prefix.split('"')[1].split()[-1]
+        p = np.array([0.9 if kw in s else 0.2 for s in suffixes])
+        return np.c_[p, 1 - p], np.full(len(suffixes), 0.9)
+
+
+class _YesIfCat:
+    def complete(self, prompt, **kw):
+        return "yes" if "cat" in prompt.split("explained as:")[1] else "no"
+
+
+def _ctx(tok_ids, acts):
+    return {"token_ids": tok_ids, "acts": acts}
+
+
+def test_rsv_scored_relevance_judges_only_explanations_that_predict_their_latent():
+    concept = study.Concept(name="cats", positives=[], negatives=[], position="mean", val_prompts=[], test_prompts=[],
+                            judge="lexicon", description="cats", anti_description="no cats", sft_pairs=[])
+    examples = {  # latent 1: the explanation "the word cat" predicts its held-out contexts; latent 2's does not
+        1: {"explain": [_ctx([0, 1, 2], [0, 5, 1])], "pos": ["a cat", "the cat ran"], "neg": ["a dog", "we sat"]},
+        2: {"explain": [_ctx([3, 4, 5], [0, 4, 0])], "pos": ["go on", "stop"], "neg": ["we wait", "wait here"]}}
+    backend = _ExplainAndJudge()
+    known = {3: ("the word dog", 0.95), 4: ("mentions of cat food", 0.55)}  # e.g. notebook 01's export
+    fallback_calls = []
+
+    def fallback(c, ids):
+        fallback_calls.append(list(ids))
+        return {i: {"relevant": True, "similarity": 0.4, "explanation": "contexts"} for i in ids}
+
+    rel = study.rsv_scored_relevance(backend, examples, _Tok(), concept, [1, 2, 3, 4], known=known, min_auroc=0.7,
+                                     judge_chat=_YesIfCat(), fallback=fallback)
+    assert backend.explained == ["cat", "wait"]  # only the latents without a known scored explanation are explained
+    assert rel[1]["source"] == "scored explanation" and rel[1]["relevant"] is True and rel[1]["detection_auroc"] == 1.0
+    assert rel[3]["source"] == "scored explanation" and rel[3]["relevant"] is False
+    assert rel[2]["detection_auroc"] == 0.0 and rel[2]["source"] == "fallback" and rel[2]["relevant"] is True
+    assert rel[4]["source"] == "fallback" and fallback_calls == [[2, 4]]  # 0.55 < min_auroc: not trusted
+    bare = study.rsv_scored_relevance(backend, examples, _Tok(), concept, [2, 3], known=known, judge_chat=_YesIfCat())
+    assert bare[2]["relevant"] is None and bare[2]["source"] == "untrusted explanation"
+    with pytest.raises(ValueError, match="min_auroc"):
+        study.rsv_scored_relevance(backend, examples, _Tok(), concept, [1], min_auroc=0.3)
+    with pytest.raises(KeyError, match="detection_examples"):
+        study.rsv_scored_relevance(backend, examples, _Tok(), concept, [9])
+
+
+def test_scored_explanations_are_read_back_from_notebook_01s_export():
+    data = {"features": [
+        {"index": 5, "explanations": [{"explanationModelName": "LLM", "description": "cats", "scores": [{"auroc": 0.9}]},
+                                      {"explanationModelName": "offline label", "description": "pets",
+                                       "scores": [{"auroc": 0.6}]}]},
+        {"index": 6, "explanations": [{"explanationModelName": "LLM", "description": "x", "scores": []}]}]}
+    assert study.scored_explanations_from_export(data) == {5: ("cats", 0.9)}
+    assert study.scored_explanations_from_export(data, "offline label") == {5: ("pets", 0.6)}

@@ -13,15 +13,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from helpers.core import explanations as E
 from helpers.core import judges as J
 from helpers.core.features import embed
 from helpers.core.stats import bootstrap_ci, paired_bootstrap_ci
-from helpers.core.steering import caa_vector, probe_vector, rsv_decompose, sdcv_vector_tokens
+from helpers.core.steering import caa_vector, probe_vector, rsv_decompose, rsv_relevance, sdcv_vector_tokens
 
 from .concepts import Concept, pool
 
 __all__ = ["axbench_scores", "score_both_directions", "dose_deltas", "effect_at_cost", "fraction_at_cost", "grid_vectors", "judge_range",
-           "median_norm", "paired_against", "rsv_context_relevance", "symmetric_contrast"]
+           "median_norm", "paired_against", "rsv_context_relevance", "rsv_scored_relevance", "scored_explanations_from_export",
+           "symmetric_contrast"]
 
 GRID_METHODS = ("caa", "probe", "sdcv", "sdcv_probe", "sae_rsv")
 
@@ -193,6 +195,65 @@ def rsv_context_relevance(explainer, latents: Sequence[int], concept: Concept, n
     return {int(i): {"similarity": scores[int(i)] - centre,
                      "relevant": (None if math.isnan(scores[int(i)]) else bool(abs(scores[int(i)] - centre) > thr)),
                      "explanation": explainer.cache[int(i)]["description"]} for i in latents}
+
+
+def scored_explanations_from_export(data: dict, explainer: str = "LLM") -> dict[int, tuple[str, float]]:
+    """Notebook 01's scored explanations (its Neuronpedia-layout export, ``features_neuronpedia.json``) as
+    ``{latent: (explanation, detection AUROC)}`` for ``explainer``; latents without that explanation or without a
+    score are left out."""
+    out = {}
+    for f in data["features"]:
+        for e in f["explanations"]:
+            auroc = e["scores"][0].get("auroc") if e.get("scores") else None
+            if e["explanationModelName"] == explainer and auroc is not None and not math.isnan(float(auroc)):
+                out[int(f["index"])] = (e["description"], float(auroc))
+    return out
+
+
+def rsv_scored_relevance(backend, examples: dict[int, dict], tokenizer, concept: Concept, latents: Sequence[int], *,
+                         known: dict[int, tuple[str, float]] | None = None, min_auroc: float = 0.7,
+                         threshold: float = 0.3, judge_chat=None, fallback=None) -> dict[int, dict]:
+    """SAE-RSV step 2 (arXiv 2509.23799, Sec. 3.2: an LLM judges each latent's *explanation* for relevance to the
+    concept) on explanations that are themselves scored (issue 16): each latent is explained by ``backend`` from
+    its strongest contexts and the explanation scored by detection (:mod:`helpers.core.explanations`, delphi's
+    detection scorer) on held-out contexts, unless ``known`` already holds ``(explanation, AUROC)`` for it (notebook
+    01's export: :func:`scored_explanations_from_export`). Only an explanation that predicts its latent's
+    activations (detection AUROC >= ``min_auroc``; our choice, the paper trusts every explanation) is judged
+    (:func:`~helpers.core.steering.rsv_relevance`: MiniLM cosine to the concept's or its opposite's description >=
+    ``threshold``, or ``judge_chat`` yes/no). The others go to ``fallback(concept, latents)`` (e.g.
+    :func:`rsv_context_relevance`) or are marked ``relevant=None`` (unknown: treated as not relevant and counted).
+    ``examples``: :func:`~helpers.core.explanations.detection_examples` for the latents not in ``known``.
+
+    Returns per latent ``relevant``, ``similarity``, ``explanation``, ``detection_auroc`` and ``source`` ("scored
+    explanation", "fallback" or "untrusted explanation")."""
+    if not 0.5 <= min_auroc <= 1:
+        raise ValueError(f"min_auroc must be in [0.5, 1] (0.5 = trust every explanation), got {min_auroc}.")
+    lat = [int(i) for i in latents]
+    known = dict(known or {})
+    todo = [i for i in lat if i not in known]
+    missing = [i for i in todo if i not in examples]
+    if missing:
+        raise KeyError(f"latents {missing[:8]} have neither a known scored explanation nor detection examples; "
+                       "build them with helpers.core.explanations.detection_examples().")
+    if todo:
+        expl, _ = E.llm_explanations(backend, {i: examples[i]["explain"] for i in todo}, tokenizer)
+        det = E.detection_scores(backend, expl, examples) if expl else pd.DataFrame(columns=["latent", "auroc"])
+        auroc = dict(zip(det.latent.astype(int), det.auroc.astype(float)))
+        known.update({i: (expl[i], auroc.get(i, math.nan)) for i in expl})
+    trusted = [i for i in lat if i in known and known[i][1] >= min_auroc]
+    out = {i: {**r, "detection_auroc": known[i][1], "source": "scored explanation"}
+           for i, r in rsv_relevance({i: known[i][0] for i in trusted}, concept.description, concept.anti_description,
+                                     threshold=threshold, chat=judge_chat).items()}
+    rest = [i for i in lat if i not in out]
+    fb = fallback(concept, rest) if (fallback is not None and rest) else {}
+    for i in rest:
+        expl, auc = known.get(i, ("(no usable explanation)", math.nan))
+        if i in fb:
+            out[i] = {**fb[i], "detection_auroc": auc, "source": "fallback"}
+        else:
+            out[i] = {"similarity": math.nan, "relevant": None, "explanation": expl, "detection_auroc": auc,
+                      "source": "untrusted explanation"}
+    return {i: out[i] for i in lat}
 
 
 def score_both_directions(model, tokenizer, concept: Concept, prompts: Sequence[str], base_texts: Sequence[str],
