@@ -1,13 +1,13 @@
 """Sparse autoencoders on the residual stream: corpus, training, SAELens on-disk layout, evaluation.
 
-Trainer choice: **SAELens' own ``SAETrainer`` + ``TopKTrainingSAE``** (v6), fed from our cached activations
-(``helpers.core.activations.capture_to_disk``). SAELens' trainer takes any iterator of activation batches, runs on the
-CPU with torch 2.13, and brings the field's standard practice: TopK (Gao et al., arXiv 2406.04093) with the AuxK
-loss against dead latents, unit-norm decoder rows, and ``expected_average_only_in`` activation normalisation that
-is folded into the weights at the end (so a saved SAE reads raw activations). We hand-write only the glue: the
-corpus, the activation cache, the cache keyed by config hash, and the evaluation below. EleutherAI's
-``sparsify`` trainer (PyPI ``eai-sparsify``, extra ``[sparsify]``) is compared in ``make bench`` on the same cached
-activations. Options (issue 16, off by default): ``exclude_outlier_tokens`` (train on the outlier policy's ordinary
+Trainers (``SAETrainConfig.trainer``): **EleutherAI's sparsify** (``"sparsify"``, notebook 01's default: its own
+``Trainer.fit`` fed our cached activations through a stand-in model, :func:`fit_sparsify`; signum + schedule-free,
+b_dec at the data mean, sparse decoder kernels) or **SAELens' own ``SAETrainer`` + ``TopKTrainingSAE``**
+(``"saelens"``: Adam, AuxK (Gao et al., arXiv 2406.04093), unit-norm decoder rows, ``expected_average_only_in``
+activation normalisation folded into the weights at the end). Both write the same SAELens inference layout, so a
+saved SAE reads raw activations whichever trainer made it. We hand-write only the glue: the corpus, the activation
+cache, the cache keyed by config hash, and the evaluation below; ``make bench`` times the trainers side by side.
+Options (issue 16, off by default): ``exclude_outlier_tokens`` (train on the outlier policy's ordinary
 tokens), ``normalize_outlier_dims`` (per-dimension scaling of the highest-variance dims, folded into the saved
 weights) and ``multi_topk`` (Gao et al.'s Multi-TopK loss, so that more latents at inference do not hurt). ReLU / JumpReLU stay one
 config field away (SAELens' ``StandardTrainingSAE`` / ``JumpReLUTrainingSAE``).

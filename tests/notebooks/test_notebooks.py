@@ -54,10 +54,18 @@ def test_01_smoke_trains_caches_and_reports(tmp_path):
     assert m["l0"] <= 16.0 + 1e-6 and 0 <= m["dead_fraction"] <= 1
     assert m["ce_zero"] > m["ce_sae"] > 0 and m["ce_clean"] < m["ce_zero"]
     assert 0 < m["ce_loss_recovered"] < 1.0
-    assert set(m["variance_explained_by_k"]) == {"8", "16"}
+    assert set(m["variance_explained_by_k"]) == {"8", "16"} == set(m["variance_explained_ordinary_by_k"])
+    assert m["trainer"] == "sparsify" == res["training"]["config"]["trainer"] and 0 <= m["dense_fraction"] <= 1
+    assert 0 <= m["variance_explained_ordinary_no_outliers"] <= 1 and m["n_outlier_tokens"] >= 0
     assert len(m["features"]) == 3
     assert res["training"]["corpus_sources"] == {"chat": 30, "nltk": 60, "reasoning": 30}
-    for fig in ("loss_curve", "firing_frequency", "l0_hist", "variance_vs_k"):
+    det = {r["explainer"]: r for r in m["detection"]}
+    assert set(det) == {"LLM", "offline tokens", "offline label", "LLM, shuffled (control)"}
+    assert all(r["n"] <= 4 and (r["estimate"] != r["estimate"] or 0 <= r["estimate"] <= 1) for r in det.values())
+    assert set(m["detection_minus_control"]) == {"LLM", "offline tokens", "offline label"} and m["llm_explanations"]["asked"] == 4
+    export = json.loads((out / "features_neuronpedia.json").read_text())
+    assert len(export["features"]) == 4 and {"activations", "pos_str", "explanations"} <= set(export["features"][0])
+    for fig in ("loss_curve", "firing_frequency", "l0_hist", "variance_vs_k", "detection_scores"):
         assert (out / "figures" / f"{fig}.png").exists()
     # the second run reuses the cached SAE: same numbers, no training
     res2, _ = _run("01_sparse_autoencoders", "smoke", tmp_path / "again")
@@ -70,7 +78,8 @@ def test_01_paper_profile_code_path_with_local_stand_ins(tmp_path, tiny_llama_di
     _random_sae_folder(tmp_path / "sae")
     res, _ = _run("01_sparse_autoencoders", "paper", tmp_path, model_name=str(tiny_llama_dir), sae_source=str(tmp_path / "sae"),
                   dtype="float32", device="cpu", corpus_nltk=12, corpus_chat=6, corpus_reasoning=6, max_length=32,
-                  eval_texts=6, n_candidates=20, n_features_show=2, n_contexts=3)
+                  eval_texts=6, n_candidates=20, n_features_show=2, n_contexts=3,
+                  explain={"latents": 2, "model": "qwen2.5-coder-0.5b-instruct", "base_url": "", "n_pos": 2, "n_neg": 2})
     assert res["profile"] == "paper" and res["provenance"]["sae"] == str(tmp_path / "sae")
     assert res["metrics"]["l0"] <= 8 and res["training"] == {}
 
