@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from . import memo
 from .features import embed
 from .llm import LLMError
 from .text import chat_encode, chat_prompt
@@ -154,6 +155,7 @@ def completion_perplexity(model, tokenizer, prompts: Sequence[str], completions:
     return out
 
 
+@memo.cached("judges.completion_perplexities")
 @torch.no_grad()
 def completion_perplexities(model, tokenizer, prompts: Sequence[str], completion_sets: Sequence[Sequence[str]], *,
                             batch_size: int = 32) -> list[np.ndarray]:

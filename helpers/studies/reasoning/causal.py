@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from helpers.core import memo
 from helpers.core.activations import ResumableForward
 from helpers.core.stats import bootstrap_ci
 from helpers.core.steering import feature_edit
@@ -164,6 +165,7 @@ def _read(lp: torch.Tensor, ids: torch.Tensor, sites: TokenSites, order: dict, n
     return out
 
 
+@memo.cached("reasoning.teacher_forced_effects", ignore=('progress',))
 def teacher_forced_effects(model, sae, layer: int, ids: torch.Tensor, sites: TokenSites,
                            conditions: Sequence[Condition], *, batch_size: int = 8,
                            progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from helpers.core import data
+from helpers.core import data, memo
 from helpers.core.stats import bootstrap_ci, paired_bootstrap_ci
 from helpers.core.steering import feature_edit, generate
 from helpers.core.text import chunk_text, distinct_n, repetition_rate
@@ -180,6 +180,7 @@ def summarize_conditions(df: pd.DataFrame, metrics: Sequence[str] = ("correct", 
     return pd.DataFrame(rows)
 
 
+@memo.cached("reasoning.generation_experiment", ignore=('progress',))
 def generation_experiment(model, tokenizer, layer: int, prompts: Sequence[str], conditions: Sequence, *, sae=None,
                           bans: Mapping[str, list[list[int]]] | None = None, golds: Sequence[str] | None = None,
                           chat: bool = False, max_new_tokens: int = 48, batch_size: int = 8,

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from helpers.core import activations as A
+from helpers.core import memo
 from helpers.core.steering import (
     Generation,
     generate,
@@ -40,6 +41,7 @@ def steering_jobs_generate(model, tokenizer, layer: int, jobs: Sequence[dict], p
     return [gens[i * n:(i + 1) * n] for i in range(len(jobs))]
 
 
+@memo.cached("steering_refinement.lora_generate")
 def lora_generate(model, tokenizer, pairs: Sequence[tuple[str, str]], prompts: Sequence[str], *,
                   max_new_tokens: int = 24, gen_batch_size: int = 48, **lora_kw) -> tuple[list[Generation], list[float]]:
     """Train LoRA-SFT adapters on ``pairs`` (``lora_kw`` go to :func:`lora_sft`, its ``batch_size`` included), generate

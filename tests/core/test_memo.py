@@ -1,0 +1,158 @@
+"""The results cache: a hit only for the same function, arguments, code and machine; never a change of RNG state."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.core import memo
+
+
+@pytest.fixture
+def cache_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("XAI_CACHE", str(tmp_path))
+    monkeypatch.delenv("XAI_RESULT_CACHE", raising=False)
+    was = memo.enabled()
+    memo.enable(True)
+    yield tmp_path
+    memo.enable(was)
+
+
+def _counted():
+    calls = []
+
+    @memo.cached("test.fn", ignore=("progress",))
+    def fn(x, scale=1.0, *, progress=False, extra=None):
+        calls.append(1)
+        return {"y": x * scale, "noise": torch.rand(1).item()}
+
+    return fn, calls
+
+
+def test_off_by_default_outside_notebooks(monkeypatch):
+    monkeypatch.delenv("XAI_RESULT_CACHE", raising=False)
+    was = memo.enabled()
+    memo.enable(False)
+    try:
+        fn, calls = _counted()
+        fn(torch.ones(3))
+        fn(torch.ones(3))
+        assert len(calls) == 2
+    finally:
+        memo.enable(was)
+
+
+def test_second_call_is_read_back_and_equal(cache_on):
+    fn, calls = _counted()
+    a = fn(torch.arange(4.0), 2.0)
+    b = fn(torch.arange(4.0), scale=2.0, progress=True)  # progress is ignored; defaults bound either way
+    assert len(calls) == 1 and torch.equal(a["y"], b["y"]) and a["noise"] == b["noise"]
+    assert list((cache_on / "results" / "test.fn").glob("*.pkl"))
+
+
+def test_any_change_of_an_argument_recomputes(cache_on):
+    fn, calls = _counted()
+    x = torch.arange(4.0)
+    fn(x)
+    y = x.clone()
+    y[2] = torch.nextafter(y[2], torch.tensor(10.0))  # one ulp
+    fn(y)
+    fn(x, extra={"a": [1, 2]})
+    fn(x, extra={"a": [1, 3]})
+    fn(x.double())
+    assert len(calls) == 5
+
+
+def test_a_module_is_keyed_by_its_weights_and_hooks(cache_on):
+    calls = []
+
+    @memo.cached("test.module")
+    def run(model, x):
+        calls.append(1)
+        return model(x)
+
+    m = torch.nn.Linear(3, 2)
+    x = torch.ones(1, 3)
+    run(m, x)
+    run(m, x)  # hit
+    assert len(calls) == 1
+    with torch.no_grad():
+        m.weight[0, 0] += 1e-3
+    run(m, x)  # new weights
+    h = m.register_forward_hook(lambda *a: None)
+    run(m, x)  # a hook attached
+    h.remove()
+    run(m, x)  # hit again
+    assert len(calls) == 3
+
+
+def test_the_machine_is_part_of_the_key(cache_on, monkeypatch):
+    fn, calls = _counted()
+    fn(torch.ones(2))
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    fn(torch.ones(2))
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    fn(torch.ones(2))
+    assert len(calls) == 3
+
+
+def test_an_argument_without_a_key_runs_uncached(cache_on):
+    fn, calls = _counted()
+    before = memo.stats().get("uncached", 0)
+    fn(torch.ones(2), extra=lambda v: v)
+    fn(torch.ones(2), extra=lambda v: v)
+    assert len(calls) == 2 and memo.stats()["uncached"] == before + 2
+    with pytest.raises(memo.Unhashable, match="function"):
+        memo.key_of("x", {"f": lambda v: v})
+
+
+def _draws_after(call=None):
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    if call:
+        call()
+    return torch.rand(1).item(), np.random.rand(), random.random()
+
+
+def test_rng_state_is_the_same_after_a_hit_and_after_a_miss(cache_on):
+    fn, calls = _counted()  # fn draws torch.rand inside
+    untouched = _draws_after()
+    assert _draws_after(lambda: fn(torch.ones(2))) == untouched  # miss
+    assert _draws_after(lambda: fn(torch.ones(2))) == untouched  # hit
+    assert len(calls) == 1
+
+
+def test_a_torn_entry_is_recomputed(cache_on):
+    fn, calls = _counted()
+    fn(torch.ones(2))
+    for p in (cache_on / "results" / "test.fn").glob("*.pkl"):
+        p.write_bytes(b"torn")
+    fn(torch.ones(2))
+    assert len(calls) == 2
+
+
+def test_environment_switch_off_wins(monkeypatch):
+    monkeypatch.setenv("XAI_RESULT_CACHE", "0")
+    was = memo.enabled()
+    memo.enable(True)
+    try:
+        assert not memo.enabled()
+    finally:
+        memo.enable(was)
+
+
+def test_cached_generation_equals_a_fresh_one(cache_on, tiny_llama_dir):
+    from helpers.core import steering
+    from helpers.core.models import load_model
+
+    model, tok = load_model(str(tiny_llama_dir), dtype="float32")
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    kw = dict(max_new_tokens=5, layer=1, vector=v, scale=2.0, batch_size=2)
+    fresh = steering.generate.uncached(model, tok, ["Hi there", "Tell me"], **kw)
+    first = steering.generate(model, tok, ["Hi there", "Tell me"], **kw)
+    again = steering.generate(model, tok, ["Hi there", "Tell me"], **kw)
+    assert fresh == first == again
+    assert len(list((cache_on / "results" / "steering.generate").glob("*.pkl"))) == 1
