@@ -29,6 +29,7 @@ from torch import nn
 __all__ = [
     "Activations",
     "ActivationStore",
+    "CachedSuffixForward",
     "add_vector",
     "capture",
     "capture_to_disk",
@@ -546,6 +547,61 @@ class ResumableForward:
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return torch.log_softmax(logits, dim=-1)
+
+
+class CachedSuffixForward:
+    """A suffix whose prefix sits in a key/value cache, run once unedited, then from block ``layer`` on again
+    for each of many edited residuals: the blocks up to ``layer`` run once for all edits.
+
+    The first pass (``model(**inputs, cache)``) gives :attr:`logits` (unedited), :attr:`resid` (the suffix's
+    residual after block ``layer``) and the keyword arguments each later block received (attention mask,
+    rotary embeddings, cache positions: per block, as models with local and global layers differ). Each
+    :meth:`logits_from` call crops the later blocks' cache back to the prefix and runs blocks ``layer+1 ..``, the
+    final norm and the unembedding on the given residual: bit for bit the logits a full forward with that edit
+    applied after block ``layer`` gives (the same kernels on the same inputs; a test checks)."""
+
+    def __init__(self, model, layer: int, cache, cache_kw: str = "past_key_values", **inputs):
+        self.model = model
+        self.layer = _check_layers(model, layer)[0]
+        blocks = get_layers(model)
+        self.later = list(range(self.layer + 1, len(blocks)))
+        self.prefix_len = cache.get_seq_length()
+        self.kwargs: dict[int, dict] = {}
+        captured: dict[str, torch.Tensor] = {}
+
+        def post(module, args, output):
+            captured["resid"] = _output_tensor(output).detach()
+
+        def make_pre(l):
+            def pre(module, args, kwargs):
+                self.kwargs[l] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            return pre
+
+        handles = [blocks[self.layer].register_forward_hook(post)]
+        handles += [blocks[l].register_forward_pre_hook(make_pre(l), with_kwargs=True) for l in self.later]
+        try:
+            with torch.inference_mode():
+                out = model(**inputs, use_cache=True, **{cache_kw: cache})
+        finally:
+            for h in handles:
+                h.remove()
+        self.logits, self.resid = out.logits, captured["resid"]
+        # the cache object the blocks append to (a model may wrap a legacy or deprecated-keyword cache in a new one)
+        self.cache = getattr(out, "cache", None) or out.past_key_values
+
+    @torch.inference_mode()
+    def logits_from(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits of the suffix when the residual after block ``layer`` is ``resid`` (same shape as :attr:`resid`)."""
+        blocks = get_layers(self.model)
+        h = resid
+        for l in self.later:
+            extra = self.cache.layers[l].get_seq_length() - self.prefix_len
+            if extra > 0:  # drop the previous call's suffix (crop takes a negative count in transformers 5)
+                self.cache.layers[l].crop(-extra)
+            h = _output_tensor(blocks[l](h, **self.kwargs[l]))
+        logits = self.model.get_output_embeddings()(_final_norm(self.model)(h))
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _final_norm(model) -> nn.Module:

@@ -205,3 +205,34 @@ def test_linear_separability_detects_signal_and_chance():
     x[torch.arange(90), torch.tensor(y)] += 6.0  # class k shifts dimension k (Bayes accuracy ~0.99)
     assert A.linear_separability(x, y) > 0.95
     assert A.linear_separability(torch.randn(90, 20, generator=g), y) < 0.6
+
+
+@pytest.mark.parametrize("layer", [0, 15, 28])
+def test_cached_suffix_forward_equals_a_steered_forward_bit_for_bit(smol, layer):
+    """Blocks up to `layer` run once; each edit re-runs only the later blocks from the shared prefix cache, and
+    gives exactly the logits of a forward with the same cache and the vector added by a hook (left-padded batch
+    with its attention mask and positions, as teacher_forced_dose calls it)."""
+    model, tok = smol
+    old, tok.padding_side = tok.padding_side, "left"
+    enc = tok(["The cat sat on the mat and looked at", "Rome was not built in a day, so"], return_tensors="pt",
+              padding=True)
+    tok.padding_side = old
+    ids, att = enc.input_ids, enc.attention_mask
+    pos = (att.cumsum(1) - 1).clamp_min(0)
+    cut = 6
+    v = torch.randn(576, generator=torch.Generator().manual_seed(1))
+
+    def prefix():
+        return model(input_ids=ids[:, :cut], attention_mask=att[:, :cut], position_ids=pos[:, :cut],
+                     use_cache=True).past_key_values
+
+    suffix = dict(input_ids=ids[:, cut:], attention_mask=att, position_ids=pos[:, cut:])
+    with torch.inference_mode():
+        run = A.CachedSuffixForward(model, layer, prefix(), **suffix)
+        assert torch.equal(run.logits, model(**suffix, past_key_values=prefix(), use_cache=True).logits)
+        for a in (0.0, 7.5, -30.0, 7.5):  # the repeat checks that the cache is cropped back between calls
+            got = run.logits_from(run.resid + a * v)
+            cache = prefix()  # unsteered: the hook below would steer the prefix too
+            with A.add_vector(model, layer, v, a):
+                want = model(**suffix, past_key_values=cache, use_cache=True).logits
+            assert torch.equal(got, want), (layer, a)
