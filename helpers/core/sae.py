@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from . import activations as A
-from . import data
+from . import data, memo
 from .models import cache_dir, hub_reachable, load_model
 from .text import chat_prompt, chunk_text
 
@@ -607,6 +607,7 @@ def reconstruction_metrics(sae, x: torch.Tensor, *, k: int | None = None, n_outl
             "n_tokens": len(x), "firing_frequency": freq, "l0_per_token": (f > 0).sum(1)}
 
 
+@memo.cached("sae.ce_loss_with_splice")
 @torch.no_grad()
 def ce_loss_with_splice(model, tokenizer, texts: Sequence[str], layer: int, sae=None, *, mode: str = "sae",
                         max_length: int = 128, batch_size: int = 8) -> float:
