@@ -28,6 +28,17 @@ def _thread_env_restored():
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True)
+def _results_cache_off():
+    """Unit tests compute; only notebook runs (their own kernels) use the results cache. A test that calls
+    notebook.start() in this process would otherwise leave it on for every later test."""
+    from helpers.core import memo
+
+    memo.enable(False)
+    yield
+    memo.enable(False)
+
+
 @pytest.fixture(scope="session")
 def smol():
     """SmolLM2-135M-Instruct in float32: (model, tokenizer)."""

@@ -78,6 +78,9 @@ def test_cli_reports_errors_and_exit_code():
 def test_run_save_and_results_table_round_trip(tmp_path, monkeypatch):
     ns = {**nb.notebook_parameters(NB00), "output_dir": str(tmp_path / NB00), "profile": "smoke"}
     run = nb.start(NB00, ns)
+    from helpers.core import memo
+
+    assert memo.enabled()  # every notebook run caches its expensive measurements (helpers.core.memo)
     with run.timer("step"):
         pass
     import numpy as np
