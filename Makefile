@@ -53,7 +53,7 @@ $(addprefix run-,$(NOTEBOOKS)): run-%: data
 	$(PY) -m helpers notebook run $* --profile $(PROFILE)
 
 # re-run a notebook with its default profile and copy the executed notebook over the committed one
-# notebook 04's evidence run (all 10 items; needs the `qwen` extra for its 1.5B diagnoser; ~45 min cold on 2 cores),
+# notebook 04's evidence run (all 10 items; ~45 min cold on 2 cores),
 # committed as notebooks/results/04_scoring_skills.evidence.json; then `make publish-04_scoring_skills` shows it
 evidence-04: data
 	TQDM_DISABLE=1 $(PY) -m helpers notebook run 04_scoring_skills --profile evidence --output-dir outputs/04_evidence
