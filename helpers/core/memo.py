@@ -47,6 +47,7 @@ _STATE = {"on": os.environ.get("XAI_RESULT_CACHE", "") == "1"}
 _STATS: Counter = Counter()
 _FULL_HASH_PARAMS = 20_000_000  # modules up to this size are hashed in full; larger ones by a strided sample
 _STRIDE = 997
+_VOLATILE = {"load_seconds"}  # provenance fields that differ between loads of the same weights (never in a key)
 
 
 class Unhashable(TypeError):
@@ -103,7 +104,8 @@ def _module_digest(m, h) -> None:
     params = list(m.state_dict().items())
     n = sum(p.numel() for _, p in params)
     hooks = sum(len(x._forward_hooks) + len(x._forward_pre_hooks) for x in m.modules())
-    h.update(f"M{type(m).__qualname__}|{getattr(m, 'xai_provenance', '')}|{n}|hooks={hooks}".encode())
+    prov = {k: v for k, v in sorted(getattr(m, "xai_provenance", {}).items()) if k not in _VOLATILE}
+    h.update(f"M{type(m).__qualname__}|{prov}|{n}|hooks={hooks}".encode())
     for name, p in params:
         h.update(name.encode())
         flat = p.detach().reshape(-1)
