@@ -158,11 +158,12 @@ def test_cached_generation_equals_a_fresh_one(cache_on, tiny_llama_dir):
     assert len(list((cache_on / "results" / "steering.generate").glob("*.pkl"))) == 1
 
 
-def test_a_model_loaded_twice_has_the_same_key(smol):
-    """The key must survive a new process: nothing volatile (such as the load time in the provenance) enters it."""
+def test_a_model_loaded_twice_has_the_same_key():
+    """The key must survive a new process: nothing volatile (such as the load time in the provenance) enters it.
+    (Two fresh loads: the session's shared model may carry other tests' tokenizer settings.)"""
     from helpers.core.models import load_model
 
-    model, tok = smol
+    model, tok = load_model("smollm2-135m-instruct", dtype="float32")
     again, tok2 = load_model("smollm2-135m-instruct", dtype="float32")
     assert again is not model
     again.xai_provenance["load_seconds"] = model.xai_provenance["load_seconds"] + 1.0  # as in a new process
