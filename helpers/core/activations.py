@@ -486,6 +486,33 @@ def ordinary_token_masks(hidden: Sequence[torch.Tensor], *, factor: float = OUTL
 # Resuming a forward pass from a cached residual stream
 # --------------------------------------------------------------------------------------------------
 
+def _resume_hooks(blocks, layer: int, later: list[int], captured: dict, kwargs_out: dict, *, stop_at_last: bool) -> list:
+    """Hooks for resuming a forward after block ``layer``: the block's output goes to ``captured["resid"]`` and each
+    later block's keyword arguments (all but the hidden states) to ``kwargs_out[l]``; with ``stop_at_last`` the pass
+    stops before the last block runs. Returns the handles (the caller removes them)."""
+    def post(module, args, output):
+        captured["resid"] = _output_tensor(output).detach()
+
+    def make_pre(l):
+        def pre(module, args, kwargs):
+            kwargs_out[l] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            if stop_at_last and l == later[-1]:
+                raise _StopForward
+        return pre
+
+    handles = [blocks[layer].register_forward_hook(post)]
+    return handles + [blocks[l].register_forward_pre_hook(make_pre(l), with_kwargs=True) for l in later]
+
+
+def _unembed(model, h: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Logits from final-normed hidden states, cast to ``dtype`` if given, then the model's final logit
+    soft-capping (if any)."""
+    logits = model.get_output_embeddings()(h)
+    logits = logits if dtype is None else logits.to(dtype)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 class ResumableForward:
     """Run blocks ``0..layer`` once, then the rest of the model many times from edited residuals.
 
@@ -504,19 +531,7 @@ class ResumableForward:
         self.later = list(range(self.layer + 1, len(blocks)))
         self.kwargs: dict[int, dict] = {}
         captured: dict[str, torch.Tensor] = {}
-
-        def post(module, args, output):
-            captured["resid"] = _output_tensor(output).detach()
-
-        def make_pre(l):
-            def pre(module, args, kwargs):
-                self.kwargs[l] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-                if l == self.later[-1]:
-                    raise _StopForward
-            return pre
-
-        handles = [blocks[self.layer].register_forward_hook(post)]
-        handles += [blocks[l].register_forward_pre_hook(make_pre(l), with_kwargs=True) for l in self.later]
+        handles = _resume_hooks(blocks, self.layer, self.later, captured, self.kwargs, stop_at_last=True)
         enc = {"input_ids": input_ids.to(model.device)}
         if attention_mask is not None:
             enc["attention_mask"] = attention_mask.to(model.device)
@@ -542,11 +557,7 @@ class ResumableForward:
         h = self.hidden(resid)
         if rows is not None:
             h = h[rows, cols]
-        logits = self.model.get_output_embeddings()(h).float()
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return torch.log_softmax(logits, dim=-1)
+        return torch.log_softmax(_unembed(self.model, h, torch.float32), dim=-1)
 
 
 class CachedSuffixForward:
@@ -568,17 +579,7 @@ class CachedSuffixForward:
         self.prefix_len = cache.get_seq_length()
         self.kwargs: dict[int, dict] = {}
         captured: dict[str, torch.Tensor] = {}
-
-        def post(module, args, output):
-            captured["resid"] = _output_tensor(output).detach()
-
-        def make_pre(l):
-            def pre(module, args, kwargs):
-                self.kwargs[l] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            return pre
-
-        handles = [blocks[self.layer].register_forward_hook(post)]
-        handles += [blocks[l].register_forward_pre_hook(make_pre(l), with_kwargs=True) for l in self.later]
+        handles = _resume_hooks(blocks, self.layer, self.later, captured, self.kwargs, stop_at_last=False)
         try:
             with torch.inference_mode():
                 out = model(**inputs, use_cache=True, **{cache_kw: cache})
@@ -599,9 +600,7 @@ class CachedSuffixForward:
             if extra > 0:  # drop the previous call's suffix (crop takes a negative count in transformers 5)
                 self.cache.layers[l].crop(-extra)
             h = _output_tensor(blocks[l](h, **self.kwargs[l]))
-        logits = self.model.get_output_embeddings()(_final_norm(self.model)(h))
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return _unembed(self.model, _final_norm(self.model)(h))
 
 
 def _final_norm(model) -> nn.Module:
