@@ -18,6 +18,7 @@ feature fires from contexts where it does not? (EleutherAI's sae-auto-interp / d
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from .features import TokenTable, top_contexts
 from .sae import encode
 
-__all__ = ["CONTROL", "DETECTION_LABELS", "EXPLAINER_SYSTEM", "detection_examples", "detection_prompt", "detection_sample",
+__all__ = ["CONTROL", "DETECTION_LABELS", "EXPLAINER_SYSTEM", "detection_examples", "detection_prompt", "detection_sample", "explanation_auroc",
            "detection_scores", "explain_and_score", "explainer_prompt", "GENERIC_EXPLANATIONS", "llm_explanations", "neuronpedia_features",
            "report_from_export", "shuffled_explanations"]
 
@@ -269,7 +270,7 @@ def report_from_export(data: dict, explainer: str | None = None) -> dict[int, di
         ex = [e for e in f["explanations"] if explainer is None or e["explanationModelName"] == explainer]
 
         def auroc(e):
-            v = e["scores"][0]["auroc"] if e["scores"] else None
+            v = explanation_auroc(e)
             return -1.0 if v is None else v
 
         best = max(ex, key=auroc) if ex else None
@@ -278,6 +279,14 @@ def report_from_export(data: dict, explainer: str | None = None) -> dict[int, di
                                 "label": label, "similarity": max(auroc(best), 0.0) if best else 0.0,
                                 "score_name": "detection AUROC"}
     return out
+
+
+def explanation_auroc(entry: dict) -> float | None:
+    """The detection AUROC of one explanation entry of the export (its first score), or None when it has no
+    score or the score is NaN (a latent whose detection set had one class)."""
+    scores = entry.get("scores") or []
+    v = scores[0].get("auroc") if scores else None
+    return None if v is None or math.isnan(float(v)) else float(v)
 
 
 CONTROL = "LLM, shuffled (control)"

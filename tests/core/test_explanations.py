@@ -139,6 +139,19 @@ def test_neuronpedia_export_has_the_viewer_layout_and_the_browser_reads_it_back(
     assert "cats and dogs" in html and "detection AUROC 0.90" in html
 
 
+def test_explanation_auroc_reads_the_first_score_and_treats_missing_and_nan_alike():
+    """One reader of an export entry's AUROC for the browser (report_from_export) and study 2's relevance step
+    (scored_explanations_from_export): a NaN score (one-class detection set) never wins the best-explanation choice."""
+    assert E.explanation_auroc({"scores": [{"auroc": 0.75}]}) == 0.75
+    assert E.explanation_auroc({"scores": []}) is None and E.explanation_auroc({}) is None
+    assert E.explanation_auroc({"scores": [{"auroc": None}]}) is None
+    assert E.explanation_auroc({"scores": [{"auroc": float("nan")}]}) is None
+    feat = {"index": "3", "activations": [], "pos_str": [], "neg_str": [],
+            "explanations": [{"description": "nan one", "explanationModelName": "A", "scores": [{"auroc": float("nan")}]},
+                             {"description": "scored", "explanationModelName": "B", "scores": [{"auroc": 0.6}]}]}
+    assert E.report_from_export({"features": [feat]})[3]["label"] == "scored [B]"
+
+
 def test_detection_sample_prefers_the_frequency_band_and_fills_up_from_nearest():
     freq = torch.tensor([0.0, 0.01, 0.2, 0.02, 0.0005, 0.9, 0.03])
     assert E.detection_sample(freq, [0, 1, 2, 3, 4, 5, 6], 2) == [1, 3]

@@ -204,9 +204,9 @@ def scored_explanations_from_export(data: dict, explainer: str = "LLM") -> dict[
     out = {}
     for f in data["features"]:
         for e in f["explanations"]:
-            auroc = e["scores"][0].get("auroc") if e.get("scores") else None
-            if e["explanationModelName"] == explainer and auroc is not None and not math.isnan(float(auroc)):
-                out[int(f["index"])] = (e["description"], float(auroc))
+            auroc = E.explanation_auroc(e)
+            if e["explanationModelName"] == explainer and auroc is not None:
+                out[int(f["index"])] = (e["description"], auroc)
     return out
 
 
