@@ -13,7 +13,10 @@ The key hashes (sha256):
   arrays by dtype, shape and bytes; modules (the model, an SAE) by class, provenance, parameter shapes, a strided
   sample of their weights (every value for modules under 20M parameters) and the number of hooks attached;
   tokenizers by name, vocabulary size and chat template; dataclasses by their fields;
-* the source of ``helpers/core`` and ``helpers/studies`` (:func:`tree_hash`): editing a helper recomputes;
+* the source the function can run (:func:`tree_hash`): ``helpers/core`` and ``helpers/registry`` (data files such
+  as lexicons and dataset pins included) for every function, plus its own study package for a function of
+  ``helpers/studies/<study>`` (studies import only core and the registry; ``tests/test_layering.py`` enforces it).
+  Editing a helper recomputes what could depend on it, and editing study 3 leaves studies 1 and 2's entries valid;
 * what makes fp32 numbers differ between machines: torch and transformers versions, the CPU capability
   (``torch.backends.cpu.get_cpu_capability()``), ``MKL_ENABLE_INSTRUCTIONS`` / ``ATEN_CPU_CAPABILITY`` and the
   number of threads. A run on another CPU never reads this machine's results.
@@ -78,9 +81,17 @@ def tree_hash(root: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _code_version() -> str:
+def _code_version(module: str | None = None) -> str:
+    """The source a function of ``module`` can run: core + registry, plus its study package for
+    ``helpers.studies.<study>...``; any other module (or None) gets all of ``helpers/studies`` (the safe side)."""
     helpers_dir = Path(__file__).resolve().parents[1]
-    return tree_hash(str(helpers_dir / "core")) + tree_hash(str(helpers_dir / "studies"))
+    parts = (module or "").split(".")
+    version = tree_hash(str(helpers_dir / "core")) + tree_hash(str(helpers_dir / "registry"))
+    if parts[:2] == ["helpers", "core"]:
+        return version
+    if parts[:2] == ["helpers", "studies"] and len(parts) > 2 and (helpers_dir / "studies" / parts[2]).is_dir():
+        return version + tree_hash(str(helpers_dir / "studies" / parts[2]))
+    return version + tree_hash(str(helpers_dir / "studies"))
 
 
 def _environment() -> dict:
@@ -166,10 +177,11 @@ def _rng_neutral():
         random.setstate(states[2])
 
 
-def key_of(name: str, arguments: dict) -> str:
-    """The cache key of a call of ``name`` with bound ``arguments`` (raises :class:`Unhashable`)."""
+def key_of(name: str, arguments: dict, module: str | None = None) -> str:
+    """The cache key of a call of ``name`` (defined in ``module``) with bound ``arguments`` (raises
+    :class:`Unhashable`)."""
     h = hashlib.sha256()
-    _digest({"function": name, "code": _code_version(), "env": _environment()}, h)
+    _digest({"function": name, "code": _code_version(module), "env": _environment()}, h)
     _digest(arguments, h)
     return h.hexdigest()[:32]
 
@@ -188,7 +200,7 @@ def cached(name: str, *, ignore: Sequence[str] = ()) -> Callable:
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
             try:
-                key = key_of(name, {k: v for k, v in bound.arguments.items() if k not in ignore})
+                key = key_of(name, {k: v for k, v in bound.arguments.items() if k not in ignore}, fn.__module__)
             except Unhashable:
                 _STATS["uncached"] += 1
                 return fn(*args, **kwargs)

@@ -98,6 +98,27 @@ def test_the_machine_is_part_of_the_key(cache_on, monkeypatch):
     assert len(calls) == 3
 
 
+def test_the_code_in_the_key_is_what_the_function_can_run(monkeypatch):
+    """core + registry for every function, plus the function's own study package: an edit of study 3 (scoring)
+    leaves study 2's entries valid, an edit of core or of a registry data file invalidates all of them."""
+    sources = {"core": "c1", "registry": "r1", "studies": "s1", "scoring": "x1", "steering_refinement": "y1"}
+    monkeypatch.setattr(memo, "tree_hash", lambda root: sources[root.rstrip("/").rsplit("/", 1)[-1]])
+    study2 = "helpers.studies.steering_refinement.experiment"
+    before = {m: memo.key_of("f", {"a": 1}, m) for m in (study2, "helpers.core.steering", None)}
+    sources["scoring"] = "x2"  # another study edited
+    assert memo.key_of("f", {"a": 1}, study2) == before[study2]
+    assert memo.key_of("f", {"a": 1}, "helpers.core.steering") == before["helpers.core.steering"]
+    sources["steering_refinement"] = "y2"  # its own study edited
+    assert memo.key_of("f", {"a": 1}, study2) != before[study2]
+    for part in ("core", "registry"):
+        sources[part] += "'"
+        assert memo.key_of("f", {"a": 1}, "helpers.core.steering") != before["helpers.core.steering"]
+        assert memo.key_of("f", {"a": 1}, None) != before[None]  # unknown module: everything counts
+        before = {m: memo.key_of("f", {"a": 1}, m) for m in (study2, "helpers.core.steering", None)}
+    sources["studies"] = "s2"
+    assert memo.key_of("f", {"a": 1}, None) != before[None]
+
+
 def test_an_argument_without_a_key_runs_uncached(cache_on):
     fn, calls = _counted()
     before = memo.stats().get("uncached", 0)
