@@ -15,13 +15,14 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 PYTEST_ARGS ?=
 
-.PHONY: help setup data models run lint test course site browser test-other-cpu test-fast bench lab clean publish readme sweep evidence-04 $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
+.PHONY: help setup data models run lint test course site entry browser test-other-cpu test-fast bench lab clean publish readme sweep evidence-04 $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
 
 help:
 	@echo "make run    - set up .venv, fetch data, execute every notebook (PROFILE=$(PROFILE)) into outputs/"
 	@echo "make test   - set up, fetch data, run the whole test suite (units, papermill smoke runs, nbval)"
 	@echo "make run-<notebook>, make bench, make lab, make publish-<notebook>, make readme, make clean"
 	@echo "make course - student + solution copies of every notebook (outputs/course/); make site - HTML book (outputs/site/)"
+	@echo "make entry REPO=OWNER/NAME - Colab/Binder badges + a Colab-only install cell in the README and every notebook"
 	@echo "make sweep SWEEP=notebooks/sweeps/<name>.yaml [JOBS=2] [ENGINE=local|dask] - resumable parameter sweep"
 	@echo "notebooks: $(NOTEBOOKS)"
 
@@ -99,6 +100,12 @@ course: setup
 # static HTML book of the README and every committed notebook (Sphinx + myst-nb, no execution) -> outputs/site/
 site: setup
 	$(PY) -m helpers site
+
+# Colab/Binder badges + a Colab-only install cell in the README and every notebook, once the public repo is known
+REPO ?=
+entry: setup
+	@test -n "$(REPO)" || { echo "usage: make entry REPO=OWNER/NAME [BRANCH=main]"; exit 2; }
+	$(PY) -m helpers entry --repo $(REPO) --branch $(or $(BRANCH),main)
 
 # Debian's chromium renders the site in the browser test (tests/harness/test_site.py); installed once, needs root
 browser:

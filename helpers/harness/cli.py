@@ -5,6 +5,7 @@
     python -m helpers data list|fetch ...                              (helpers.harness.data)
     python -m helpers course [--out DIR]                               (helpers.harness.course)
     python -m helpers site [--out DIR]                                 (helpers.harness.site)
+    python -m helpers entry --repo OWNER/NAME [--branch main]          (helpers.harness.entry)
     python -m helpers score --skill S.json --item README --responses CSV (helpers.studies.scoring.cli)
 """
 from __future__ import annotations
@@ -13,7 +14,8 @@ import importlib
 import sys
 
 COMMANDS = {"notebook": "helpers.harness.notebook", "sweep": "helpers.harness.sweep", "data": "helpers.harness.data",
-            "course": "helpers.harness.course", "site": "helpers.harness.site", "score": "helpers.studies.scoring.cli"}
+            "course": "helpers.harness.course", "site": "helpers.harness.site", "entry": "helpers.harness.entry",
+            "score": "helpers.studies.scoring.cli"}
 
 
 def main(argv: list[str] | None = None) -> int:
