@@ -89,6 +89,8 @@ def test_a_module_is_keyed_by_its_weights_and_hooks(cache_on):
 
 
 def test_the_machine_is_part_of_the_key(cache_on, monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)  # start from neither (make test-other-cpu sets both)
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
     fn, calls = _counted()
     fn(torch.ones(2))
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
