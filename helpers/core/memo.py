@@ -1,7 +1,8 @@
 """Results cache keyed by everything a computation depends on: nothing computed is lost between runs.
 
 The expensive measurements of the studies (teacher-forced dose-responses, batched generations, LoRA-SFT fits,
-perplexities, the reasoning study's clamping curves) are decorated with :func:`cached`. While the cache is on
+perplexities, the reasoning study's clamping curves and corpus capture, study 2's concept activations) are
+decorated with :func:`cached`. While the cache is on
 (:func:`enable`; every notebook run turns it on in ``helpers.harness.notebook.start``; unit tests leave it off),
 a call whose key is on disk returns the stored result instead of recomputing it, so a re-run of a notebook with
 the same parameters (``make test`` re-executing the committed notebooks, a sweep re-visiting a point, a reader

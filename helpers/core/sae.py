@@ -714,9 +714,15 @@ def encode_texts(model, tokenizer, sae, texts: Sequence[str], layer: int, *, max
                  batch_size: int = 16, progress: bool = True):
     """Capture block ``layer`` for ``texts`` and encode every token with the SAE.
 
-    Returns ``(latents, acts)``: per text a ``(T_i, d_sae)`` tensor, and the ``Activations`` (tokens, residuals)."""
-    acts = A.capture(model, tokenizer, texts, [layer], max_length=max_length, batch_size=batch_size, progress=progress)
+    Returns ``(latents, acts)``: per text a ``(T_i, d_sae)`` tensor, and the ``Activations`` (tokens, residuals).
+    The capture goes through the results cache (the residuals are ~d_model floats a token; the dense latents,
+    ~d_sae a token, are recomputed from them rather than stored)."""
+    acts = _capture_cached(model, tokenizer, list(texts), [layer], max_length=max_length, batch_size=batch_size,
+                           progress=progress)
     return [encode(sae, a) for a in acts.acts[layer]], acts
+
+
+_capture_cached = memo.cached("sae.encode_texts.capture", ignore=("progress",))(A.capture)
 
 
 def max_activation(latents: Sequence[torch.Tensor]) -> torch.Tensor:

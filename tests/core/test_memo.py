@@ -181,6 +181,33 @@ def test_cached_generation_equals_a_fresh_one(cache_on, tiny_llama_dir):
     assert len(list((cache_on / "results" / "steering.generate").glob("*.pkl"))) == 1
 
 
+def test_cached_captures_equal_fresh_ones_and_touch_no_rng(cache_on, tiny_llama_dir):
+    """Study 1's corpus capture (sae.encode_texts) and study 2's concept activations are read back from the cache
+    on a second run: equal to a fresh computation, and the global RNG is where it was (so a warm and a cold run
+    draw the same random numbers after them)."""
+    from helpers.core import activations as A
+    from helpers.core import sae as S
+    from helpers.core.models import load_model
+    from helpers.studies.steering_refinement import concepts as C
+
+    model, tok = load_model(str(tiny_llama_dir), dtype="float32")
+    texts = ["The cat sat on the mat.", "A short one", "Wait, let me think about this again."]
+    fresh = A.capture(model, tok, texts, [1], max_length=32, batch_size=2, progress=False)
+    state = torch.get_rng_state()
+    first = S._capture_cached(model, tok, texts, [1], max_length=32, batch_size=2, progress=False)
+    again = S._capture_cached(model, tok, texts, [1], max_length=32, batch_size=2, progress=True)  # progress: not in the key
+    assert torch.equal(torch.get_rng_state(), state)
+    for got in (first, again):
+        assert all(torch.equal(a, b) for a, b in zip(fresh.acts[1], got.acts[1])) and got.tokens == fresh.tokens
+    c_fresh = C.concept_activations.uncached(model, tok, texts, [1, 2], "mean")
+    c_first, c_again = (C.concept_activations(model, tok, texts, [1, 2], "mean") for _ in range(2))
+    for got in (c_first, c_again):
+        assert all(torch.equal(a, b) for l in (1, 2) for a, b in zip(c_fresh[l], got[l]))
+    assert memo.stats()["hit"] >= 2
+    assert {p.name for p in (cache_on / "results").iterdir()} >= {"sae.encode_texts.capture",
+                                                                   "steering_refinement.concept_activations"}
+
+
 def test_a_model_loaded_twice_has_the_same_key():
     """The key must survive a new process: nothing volatile (such as the load time in the provenance) enters it.
     (Two fresh loads: the session's shared model may carry other tests' tokenizer settings.)"""

@@ -24,7 +24,7 @@ import torch
 
 from helpers import registry
 from helpers.core import activations as A
-from helpers.core import data
+from helpers.core import data, memo
 from helpers.core.text import chat_prompt, chunk_text
 
 __all__ = ["CAA_BEHAVIOURS", "CONCEPT_DESCRIPTIONS", "Concept", "REFUSAL_REPLY", "concept_activations",
@@ -202,6 +202,7 @@ def _registry_lexicon(name: str) -> dict | None:
 
 
 @torch.no_grad()
+@memo.cached("steering_refinement.concept_activations")
 def concept_activations(model, tokenizer, texts: Sequence[str], layers: int | Sequence[int], position: str, *,
                         max_length: int = 2048, batch_size: int = 16,
                         outlier_factor: float = A.OUTLIER_NORM_FACTOR) -> dict[int, list[torch.Tensor]]:
