@@ -103,9 +103,10 @@ site: setup
 
 # Colab/Binder badges + a Colab-only install cell in the README and every notebook, once the public repo is known
 REPO ?=
+BRANCH ?= main
 entry: setup
 	@test -n "$(REPO)" || { echo "usage: make entry REPO=OWNER/NAME [BRANCH=main]"; exit 2; }
-	$(PY) -m helpers entry --repo $(REPO) --branch $(or $(BRANCH),main)
+	$(PY) -m helpers entry --repo $(REPO) --branch $(BRANCH)
 
 # Debian's chromium renders the site in the browser test (tests/harness/test_site.py); installed once, needs root
 browser:

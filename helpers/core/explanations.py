@@ -29,8 +29,9 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from .features import TokenTable, top_contexts
 from .sae import encode
 
-__all__ = ["CONTROL", "DETECTION_LABELS", "EXPLAINER_SYSTEM", "detection_examples", "detection_prompt", "detection_sample", "explanation_auroc",
-           "detection_scores", "explain_and_score", "explainer_prompt", "GENERIC_EXPLANATIONS", "llm_explanations", "neuronpedia_features",
+__all__ = ["CONTROL", "DETECTION_LABELS", "EXPLAINER_SYSTEM", "detection_examples", "detection_prompt", "detection_sample",
+           "detection_scores", "explain_and_score", "explainer_prompt", "explanation_auroc", "GENERIC_EXPLANATIONS", "llm_explanations",
+           "neuronpedia_features",
            "report_from_export", "shuffled_explanations"]
 
 #: Judge labels: "1" the feature fires in the text, "0" it does not (single tokens in every tokenizer used here).

@@ -33,7 +33,7 @@ _BRANCH = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 
 def check_repo(repo: str, branch: str = "main") -> tuple[str, str]:
     """``repo`` as ``OWNER/NAME`` (GitHub's rules) and a plain branch name; a clear error otherwise."""
-    if not isinstance(repo, str) or not _REPO.match(repo.strip()) or repo.strip().endswith((".git",)):
+    if not isinstance(repo, str) or not _REPO.match(repo.strip()) or repo.strip().endswith(".git"):
         raise ValueError(f"repo must be the GitHub repository as OWNER/NAME (e.g. 'my-lab/usable-xai-notebooks', "
                          f"no URL, no .git), got {repo!r}.")
     if not isinstance(branch, str) or not _BRANCH.match(branch) or ".." in branch:
