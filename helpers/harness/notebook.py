@@ -43,6 +43,7 @@ __all__ = [
     "PROFILES",
     "ParameterError",
     "Run",
+    "cell_timeout",
     "load_profile",
     "notebook_profiles",
     "shown_path",
@@ -199,16 +200,34 @@ def load_profile(notebook: str | Path, profile: str) -> dict[str, Any]:
 # Running
 # --------------------------------------------------------------------------------------------------
 
+def cell_timeout(value: float | str | None = None) -> float | None:
+    """Seconds one cell may run before papermill gives up: ``value``, else ``$XAI_CELL_TIMEOUT``, else None (no limit;
+    the default, since a default-profile cell runs ~13 min on 2 cores). `make test` sets 1500 s so that a hung kernel
+    (ipykernel 7 could drop an execute_request and leave papermill waiting forever) fails one test, not the whole CI."""
+    raw = os.environ.get("XAI_CELL_TIMEOUT", "") if value is None else value
+    if raw in ("", None):
+        return None
+    try:
+        sec = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"cell timeout must be a number of seconds, got {raw!r} (check XAI_CELL_TIMEOUT).") from None
+    if not sec > 0:
+        raise ValueError(f"cell timeout must be > 0 seconds, got {sec} (unset XAI_CELL_TIMEOUT for no limit).")
+    return sec
+
+
 def run_notebook(notebook: str | Path, profile: str = "default", *, overrides: dict | None = None,
                  output_dir: str | Path | None = None, log_output: bool = False,
-                 kernel_name: str | None = None) -> Path:
+                 kernel_name: str | None = None, execution_timeout: float | None = None) -> Path:
     """Execute a notebook with a profile (+ overrides) through papermill; return the executed notebook's path.
 
     The executed notebook and everything the notebook writes go to ``output_dir`` (default
-    ``outputs/<notebook>/``). Parameters are validated before any kernel starts.
+    ``outputs/<notebook>/``). Parameters are validated before any kernel starts. ``execution_timeout``: seconds per
+    cell (see :func:`cell_timeout`).
     """
     import papermill as pm
 
+    timeout = cell_timeout(execution_timeout)
     nb_path = _notebook_path(notebook)
     stem = nb_path.stem
     params = load_profile(nb_path, profile)
@@ -224,7 +243,8 @@ def run_notebook(notebook: str | Path, profile: str = "default", *, overrides: d
         try:
             pm.execute_notebook(str(nb_path), str(target), parameters=params, cwd=str(nb_path.parent),
                                 log_output=log_output, progress_bar=False,
-                                kernel_name=kernel_name or "python3", language="python")
+                                kernel_name=kernel_name or "python3", language="python",
+                                execution_timeout=timeout)
             break
         except RuntimeError as e:  # the kernel died while starting, before any cell ran: start it again
             if not is_kernel_start_failure(e) or attempt == KERNEL_START_ATTEMPTS - 1:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -170,6 +171,45 @@ def test_a_kernel_that_dies_while_starting_is_started_again_and_other_errors_are
     with pytest.raises(RuntimeError, match="a cell raised"):
         nb.run_notebook("00_inside_a_language_model", "smoke", output_dir=tmp_path)
     assert len(calls) == 1
+
+
+def test_cell_timeout_comes_from_the_argument_or_the_environment_and_bad_values_are_named(monkeypatch):
+    monkeypatch.delenv("XAI_CELL_TIMEOUT", raising=False)
+    assert nb.cell_timeout() is None
+    monkeypatch.setenv("XAI_CELL_TIMEOUT", "1500")
+    assert nb.cell_timeout() == 1500.0
+    assert nb.cell_timeout(7) == 7.0
+    monkeypatch.setenv("XAI_CELL_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="XAI_CELL_TIMEOUT"):
+        nb.cell_timeout()
+    with pytest.raises(ValueError, match="> 0"):
+        nb.cell_timeout(0)
+
+
+def test_a_cell_that_never_returns_fails_after_the_cell_timeout(tmp_path, monkeypatch):
+    """The safety net `make test` relies on: run_notebook hands the timeout to papermill, and papermill (through
+    nbclient) stops a cell that runs past it instead of waiting forever, as a hung kernel would make it."""
+    import nbformat
+    import papermill
+
+    seen = {}
+    real = papermill.execute_notebook
+
+    def spy(*a, **k):
+        seen.update(k)
+
+    monkeypatch.setattr(papermill, "execute_notebook", spy)
+    monkeypatch.setenv("XAI_CELL_TIMEOUT", "900")
+    nb.run_notebook("00_inside_a_language_model", "smoke", output_dir=tmp_path)
+    assert seen["execution_timeout"] == 900.0
+
+    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time; time.sleep(120)")])
+    nbformat.write(book, tmp_path / "sleep.ipynb")
+    t0 = time.time()
+    with pytest.raises(Exception, match="(?i)timed out|timeout"):
+        real(str(tmp_path / "sleep.ipynb"), str(tmp_path / "out.ipynb"), progress_bar=False, kernel_name="python3",
+             execution_timeout=3)
+    assert time.time() - t0 < 60
 
 
 def test_publish_profile_results_commits_a_copy_without_response_texts(tmp_path, monkeypatch):
