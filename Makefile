@@ -84,11 +84,12 @@ sweep: data
 lint: setup  ## ruff over helpers, tests, benchmarks and the notebooks (pyproject [tool.ruff])
 	$(VENV)/bin/ruff check .
 
-# XAI_CELL_TIMEOUT: a papermill cell running over 25 min fails its test (a hung kernel) instead of the whole CI
+# XAI_CELL_TIMEOUT: a papermill cell running over 25 min fails its test (a hung kernel) instead of the whole CI.
+# tests/lanes.py: the unit tests and each notebook's nbval + claims check as separate pytest sessions, two at a time
+# on one core each (XAI_TEST_LANES=1: one at a time); logs in outputs/test-logs/.
 test: data lint browser
 	$(PY) -m helpers notebook validate
-	XAI_CELL_TIMEOUT=$${XAI_CELL_TIMEOUT:-1500} $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
-	    --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 $(PYTEST_ARGS)
+	XAI_CELL_TIMEOUT=$${XAI_CELL_TIMEOUT:-1500} $(PY) -m tests.lanes -- --durations=15 $(PYTEST_ARGS)
 
 # the same suite with fp32 kernels restricted to AVX2: numbers differ in the last bits, as on another CPU
 test-other-cpu:

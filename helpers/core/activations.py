@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -311,7 +312,7 @@ def capture_to_disk(model, tokenizer, texts: Sequence[str], layers: int | Sequen
         tensors["doc_index"] = torch.cat([torch.full((len(t),), lo + i, dtype=torch.long)
                                           for i, t in enumerate(a.token_ids)])
         tensors["position"] = torch.cat([torch.arange(len(t)) for t in a.token_ids]).long()
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         save_file(tensors, tmp)
         tmp.replace(path)
         n_tokens += len(tensors["token_ids"])

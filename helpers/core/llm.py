@@ -163,7 +163,7 @@ class OpenAIChat:
             raise LLMError(f"{self.base_url}: the reply had no text content.")
         if self.cache:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_text(json.dumps({"messages": messages, "params": params, "content": content}))
             tmp.replace(path)
         return content

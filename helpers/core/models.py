@@ -30,7 +30,7 @@ import torch
 from helpers import registry
 from helpers.registry import ModelSpec
 
-from .paths import cache_dir
+from .paths import cache_dir, cache_lock
 from .text import chat_encode
 
 __all__ = [
@@ -75,10 +75,15 @@ def sha256_file(path: str | Path, *, memo: bool = True) -> str:
             h.update(block)
     digest = h.hexdigest()
     if memo:
-        table[key] = digest
-        tmp = memo_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=0))
-        tmp.replace(memo_file)
+        with cache_lock("sha256-memo"):  # read-modify-write: another process may have added its own digest
+            try:
+                table = json.loads(memo_file.read_text()) if memo_file.exists() else {}
+            except json.JSONDecodeError:
+                table = {}
+            table[key] = digest
+            tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(table, indent=0))
+            tmp.replace(memo_file)
     return digest
 
 
@@ -100,22 +105,12 @@ def gguf_path(name: str) -> Path:
         import importlib
 
         target = cache_dir() / "gguf" / em.gguf
-        path = Path(importlib.import_module(em.assembler).assemble(target))
+        with cache_lock(f"gguf-{em.gguf}"):
+            path = Path(importlib.import_module(em.assembler).assemble(target))
     elif em.chunks:
         target = cache_dir() / "gguf" / em.gguf
-        if not target.exists():
-            parts = [_module_dir(mod, em) / rel for mod, rel in em.chunks]
-            missing = [str(p) for p in parts if not p.exists()]
-            if missing:
-                raise ModelNotAvailableError(f"{em.name}: chunk files missing: {missing}. Reinstall: {em.install_hint}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".part")
-            with tmp.open("wb") as out:
-                for p in parts:
-                    with p.open("rb") as f:
-                        for block in iter(lambda: f.read(1 << 22), b""):
-                            out.write(block)
-            tmp.replace(target)
+        with cache_lock(f"gguf-{em.gguf}"):
+            _concatenate_chunks(em, target)
         path = target
     else:
         path = _module_dir(em.module, em) / em.gguf
@@ -172,38 +167,64 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _concatenate_chunks(em, target: Path) -> None:
+    """Join a chunked package's GGUF parts into ``target`` (once; the caller holds the lock)."""
+    if not target.exists():
+        parts = [_module_dir(mod, em) / rel for mod, rel in em.chunks]
+        missing = [str(p) for p in parts if not p.exists()]
+        if missing:
+            raise ModelNotAvailableError(f"{em.name}: chunk files missing: {missing}. Reinstall: {em.install_hint}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".part")
+        with tmp.open("wb") as out:
+            for p in parts:
+                with p.open("rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        out.write(block)
+        tmp.replace(target)
+
+
 def _embedded_cache(name: str) -> Path:
     em = EMBEDDED[name]
     return cache_dir() / "models" / f"{name}-{em.sha256[:12]}"
 
 
-def _load_embedded(name: str, dtype: torch.dtype, device: str):
+def _dequantize_into(name: str, cached: Path) -> None:
+    """Dequantize the embedded GGUF of ``name`` and save it as safetensors in ``cached`` (the caller holds the lock)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     em = EMBEDDED[name]
+    path = gguf_path(name)
+    print(f"[models] dequantizing {path.name} once (about 20-60 s); caching as safetensors in {cached}")
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained ("quantized with gguf and is not serializable") although
+    # its weights are fully dequantized; dropping the quantizer marks makes it an ordinary model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = cached.with_name(cached.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "xai-complete.json").write_text(json.dumps(
+        {"name": name, "gguf": em.gguf, "sha256": em.sha256, "seconds": round(time.time() - t0, 1)}))
+    if cached.exists():
+        import shutil
+
+        shutil.rmtree(cached)
+    tmp.replace(cached)
+
+
+def _load_embedded(name: str, dtype: torch.dtype, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     cached = _embedded_cache(name)
     done = cached / "xai-complete.json"
     if not done.exists():
-        path = gguf_path(name)
-        print(f"[models] dequantizing {path.name} once (about 20-60 s); caching as safetensors in {cached}")
-        t0 = time.time()
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        # A GGUF-loaded model refuses save_pretrained ("quantized with gguf and is not serializable") although
-        # its weights are fully dequantized; dropping the quantizer marks makes it an ordinary model.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        tmp = cached.with_name(cached.name + ".tmp")
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "xai-complete.json").write_text(json.dumps(
-            {"name": name, "gguf": em.gguf, "sha256": em.sha256, "seconds": round(time.time() - t0, 1)}))
-        if cached.exists():
-            import shutil
-
-            shutil.rmtree(cached)
-        tmp.replace(cached)
+        with cache_lock(f"model-{cached.name}"):
+            if not done.exists():
+                _dequantize_into(name, cached)
     tok = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
     return model.to(device), tok

@@ -36,6 +36,7 @@ import torch
 from . import activations as A
 from . import data, memo
 from .models import cache_dir, hub_reachable, load_model
+from .paths import cache_lock
 from .text import chat_prompt, chunk_text
 
 __all__ = [
@@ -442,6 +443,14 @@ def train_sae(cfg: SAETrainConfig, model=None, tokenizer=None, *, progress: bool
     info_file = folder / "training.json"
     if info_file.exists() and not retrain:
         return load_sae(folder), json.loads(info_file.read_text())
+    with cache_lock(f"sae-{folder.name}"):
+        if info_file.exists() and not retrain:  # another process trained it while this one waited for the lock
+            return load_sae(folder), json.loads(info_file.read_text())
+        return _train_sae_into(folder, cfg, model, tokenizer, progress)
+
+
+def _train_sae_into(folder: Path, cfg: SAETrainConfig, model, tokenizer, progress: bool):
+    """Capture the corpus, train, and move the finished SAE into ``folder`` (the caller holds its lock)."""
     if model is None:
 
         model, tokenizer = load_model(cfg.model_name, dtype="float32")
