@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 PYTEST_ARGS ?=
 
-.PHONY: help setup data models run lint test course site entry browser test-other-cpu test-fast bench lab clean publish readme sweep evidence-04 $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
+.PHONY: help setup data models run lint test llm-seed llm-record course site entry browser test-other-cpu test-fast bench lab clean publish readme sweep evidence-04 $(addprefix run-,$(NOTEBOOKS)) $(addprefix publish-,$(NOTEBOOKS))
 
 help:
 	@echo "make run    - set up .venv, fetch data, execute every notebook (PROFILE=$(PROFILE)) into outputs/"
@@ -87,9 +87,20 @@ lint: setup  ## ruff over helpers, tests, benchmarks and the notebooks (pyprojec
 # XAI_CELL_TIMEOUT: a papermill cell running over 25 min fails its test (a hung kernel) instead of the whole CI.
 # tests/lanes.py: the unit tests and each notebook's nbval + claims check as separate pytest sessions, two at a time
 # on one core each (XAI_TEST_LANES=1: one at a time); logs in outputs/test-logs/.
-test: data lint browser
+test: data lint browser llm-seed
 	$(PY) -m helpers notebook validate
 	XAI_CELL_TIMEOUT=$${XAI_CELL_TIMEOUT:-1500} $(PY) -m tests.lanes -- --durations=15 $(PYTEST_ARGS)
+
+# LLM answers as a record (helpers/harness/llm_record.py): `make test` replays the committed answers of the last
+# full run (a request not in the record still goes to the model); XAI_LLM_REPLAY=0 computes every answer live.
+# After changing a prompt or a model, `make test XAI_LLM_REPLAY=0` (or the notebooks), then `make llm-record`.
+LLM_RECORD := notebooks/results/llm-record.jsonl.gz
+llm-seed: setup
+	@if [ "$${XAI_LLM_REPLAY:-1}" = 0 ]; then echo "[llm] XAI_LLM_REPLAY=0: no replay, every LLM answer computed live"; \
+	else $(PY) -m helpers llm seed $(LLM_RECORD); fi
+
+llm-record: setup
+	$(PY) -m helpers llm record --out $(LLM_RECORD) --note "$(NOTE)"
 
 # the same suite with fp32 kernels restricted to AVX2: numbers differ in the last bits, as on another CPU
 test-other-cpu:

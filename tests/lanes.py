@@ -2,22 +2,23 @@
 
 Why: one pytest session keeps about 1.3 of 2 cores busy (user/wall of a cold `make test`, measured on b7eae11):
 much of a notebook run is single-threaded (Python between small forwards, greedy decoding one token at a time,
-kernel start-up, llama.cpp's HTTP round trips), and CI's hard limit is 90 min. Two lanes, each pinned to its own
-cores, fill each other's gaps. A forward, a generation and an SAE update give bit-identical results on one thread
-and on two (checked on SmolLM2 when this was written); the results cache keys by thread count all the same.
+kernel start-up), and CI's hard limit is 90 min. Two lanes, each pinned to its own cores, fill each other's gaps.
+A torch forward, a generation and an SAE update give bit-identical results on one thread and on two (checked on
+SmolLM2 when this was written; the results cache still keys by thread count). llama.cpp's answers do not (see
+helpers/harness/llm_record.py), which is one reason `make test` replays recorded LLM answers.
 
 Units (each its own pytest session, so that a notebook's claims check runs in the session whose nbval re-executed it):
 
-* ``tests``: everything under ``tests/`` except the after-nbval claims checks;
+* ``tests``: the unit tests (not ``slow``); ``tests-slow``: the papermill smoke and paper-path runs, sweeps, site;
 * one per committed notebook: nbval over it, then ``test_fresh_run_reproduces_the_claims[<notebook>]``.
 
-Lanes take the next unit from one queue as they free up. The queue puts the longest units first (cold minutes on
-2 cores, AMD EPYC: 03 ~30, tests ~26, 01 ~23, 02 ~14, 04 ~13, others a few) and notebook 01 ahead of 02 and 03,
-which read the SAE it trains; that order is for speed only: a second process that needs the same SAE (or model,
-or GGUF) waits on its cache lock (``helpers.core.paths.cache_lock``) and then loads it.
+Lanes take the next unit from one queue as they free up. The queue starts notebook 01 (its SAE feeds 02 and 03),
+then the short unit tests, then notebook 03 (the longest unit, ~45 min cold on one core of an AMD EPYC), then the
+rest longest first. The order is for speed only: a second process that needs the same SAE (or model, or GGUF)
+waits on its cache lock (``helpers.core.paths.cache_lock``) and then loads it.
 
 Each unit's whole output is printed when it ends (never interleaved) and kept in ``outputs/test-logs/<unit>.log``;
-a table of units, lanes, seconds and outcomes closes the run, and the exit status is 1 when any unit failed.
+a table of units, lanes, minutes and outcomes closes the run, and the exit status is 1 when any unit failed.
 ``XAI_TEST_LANES=1`` runs the units one after another on all cores.
 """
 from __future__ import annotations
@@ -35,9 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = ROOT / "outputs" / "test-logs"
-#: queue order: notebook 01 first (its SAE feeds 02 and 03), then the longest units first
-ORDER = ["01_sparse_autoencoders", "tests", "03_steering_refinement", "02_reasoning_features", "04_scoring_skills",
-         "00_inside_a_language_model", "05_sweeps"]
+#: queue order (see the module doc)
+ORDER = ["01_sparse_autoencoders", "tests", "03_steering_refinement", "tests-slow", "02_reasoning_features",
+         "04_scoring_skills", "00_inside_a_language_model", "05_sweeps"]
 #: nbval's own cell timeout (default 2,000 s) raised: notebook 03's generation cell took 1,131 s cold on two cores of
 #: an AVX2-only AMD EPYC, and a lane runs it on one (estimated ~1.5x: generation 1.35x, LoRA fits and forwards ~1.8x)
 NBVAL_ARGS = ["--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", "tests/nbval_sanitize.cfg",
@@ -74,11 +75,13 @@ def units(extra: list[str]) -> list[Unit]:
     """The suite as units in queue order (see the module doc); ``extra`` goes to every pytest session."""
     from tests.notebooks.claims import CLAIMS
 
-    names = [n for n in ORDER if n == "tests" or n in notebooks()] + [n for n in notebooks() if n not in ORDER]
+    names = [n for n in ORDER if n.startswith("tests") or n in notebooks()] + [n for n in notebooks() if n not in ORDER]
     out = []
     for name in names:
         if name == "tests":
-            args = ["tests", "-m", "not after_nbval"]
+            args = ["tests", "-m", "not slow and not after_nbval"]
+        elif name == "tests-slow":
+            args = ["tests", "-m", "slow and not after_nbval"]
         else:
             args = [f"notebooks/{name}.ipynb", *NBVAL_ARGS]
             if name in CLAIMS:

@@ -16,11 +16,12 @@ from tests.notebooks.claims import CLAIMS
 def test_units_cover_the_suite_once_with_each_claims_check_beside_its_nbval():
     units = lanes.units(["--durations=5"])
     names = [u.name for u in units]
-    assert sorted(names) == sorted(["tests", *lanes.notebooks()]) and len(set(names)) == len(names)
+    assert sorted(names) == sorted(["tests", "tests-slow", *lanes.notebooks()]) and len(set(names)) == len(names)
     assert names.index("01_sparse_autoencoders") < min(names.index("02_reasoning_features"),
                                                        names.index("03_steering_refinement"))
     by = {u.name: u.args for u in units}
-    assert by["tests"][:3] == ["tests", "-m", "not after_nbval"] and by["tests"][-1] == "--durations=5"
+    assert by["tests"][:3] == ["tests", "-m", "not slow and not after_nbval"] and by["tests"][-1] == "--durations=5"
+    assert by["tests-slow"][:3] == ["tests", "-m", "slow and not after_nbval"]
     for nb in lanes.notebooks():
         assert by[nb][0] == f"notebooks/{nb}.ipynb" and "--nbval-lax" in by[nb]
         assert (f"{lanes.CLAIMS_TEST}[{nb}]" in by[nb]) == (nb in CLAIMS)

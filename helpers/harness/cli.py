@@ -6,6 +6,7 @@
     python -m helpers course [--out DIR]                               (helpers.harness.course)
     python -m helpers site [--out DIR]                                 (helpers.harness.site)
     python -m helpers entry --repo OWNER/NAME [--branch main]          (helpers.harness.entry)
+    python -m helpers llm record|seed ...                              (helpers.harness.llm_record)
     python -m helpers score --skill S.json --item README --responses CSV (helpers.studies.scoring.cli)
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 COMMANDS = {"notebook": "helpers.harness.notebook", "sweep": "helpers.harness.sweep", "data": "helpers.harness.data",
             "course": "helpers.harness.course", "site": "helpers.harness.site", "entry": "helpers.harness.entry",
-            "score": "helpers.studies.scoring.cli"}
+            "llm": "helpers.harness.llm_record", "score": "helpers.studies.scoring.cli"}
 
 
 def main(argv: list[str] | None = None) -> int:
