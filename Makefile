@@ -85,8 +85,8 @@ lint: setup  ## ruff over helpers, tests, benchmarks and the notebooks (pyprojec
 	$(VENV)/bin/ruff check .
 
 # XAI_CELL_TIMEOUT: a papermill cell running over 25 min fails its test (a hung kernel) instead of the whole CI.
-# tests/lanes.py: the unit tests and each notebook's nbval + claims check as separate pytest sessions, two at a time
-# on one core each (XAI_TEST_LANES=1: one at a time); logs in outputs/test-logs/.
+# tests/lanes.py: the unit tests and each notebook's nbval + claims check as separate pytest sessions, in lanes of 2+
+# cores each (on 2 cores: one after another; XAI_TEST_LANES=N forces N lanes); logs in outputs/test-logs/.
 test: data lint browser llm-seed
 	$(PY) -m helpers notebook validate
 	XAI_CELL_TIMEOUT=$${XAI_CELL_TIMEOUT:-1500} $(PY) -m tests.lanes -- --durations=15 $(PYTEST_ARGS)

@@ -1,25 +1,25 @@
-"""`make test` on every core: the suite as independent pytest sessions ("units"), run side by side in lanes.
-
-Why: one pytest session keeps about 1.3 of 2 cores busy (user/wall of a cold `make test`, measured on b7eae11):
-much of a notebook run is single-threaded (Python between small forwards, greedy decoding one token at a time,
-kernel start-up), and CI's hard limit is 90 min. Two lanes, each pinned to its own cores, fill each other's gaps.
-A torch forward, a generation and an SAE update give bit-identical results on one thread and on two (checked on
-SmolLM2 when this was written; the results cache still keys by thread count). llama.cpp's answers do not (see
-helpers/harness/llm_record.py), which is one reason `make test` replays recorded LLM answers.
+"""`make test` as independent pytest sessions ("units"), run one after another or side by side in lanes.
 
 Units (each its own pytest session, so that a notebook's claims check runs in the session whose nbval re-executed it):
 
 * ``tests``: the unit tests (not ``slow``); ``tests-slow``: the papermill smoke and paper-path runs, sweeps, site;
 * one per committed notebook: nbval over it, then ``test_fresh_run_reproduces_the_claims[<notebook>]``.
 
-Lanes take the next unit from one queue as they free up. The queue starts notebook 01 (its SAE feeds 02 and 03),
-then the short unit tests, then notebook 03 (the longest unit, ~45 min cold on one core of an AMD EPYC), then the
-rest longest first. The order is for speed only: a second process that needs the same SAE (or model, or GGUF)
-waits on its cache lock (``helpers.core.paths.cache_lock``) and then loads it.
+Lanes: ``cores // 2`` of them (at most 4, at least 1), each pinned to its own cores, so that every notebook runs on
+2 threads or more, as the published runs did. On 2 cores that is one lane: the units run one after another on
+both cores. Two lanes of one core each were measured on 2026-12-07 (AMD EPYC, AVX2, cold) and rejected: the
+Python-bound stretches overlapped, but the compute-bound cells ran ~2x slower on one thread (notebook 03's
+generation cell over 30 min instead of 19, 01 45.5 min instead of 23 with live LLM calls), and notebook 03 alone
+became the critical path. One thread also changes an SAE trained from scratch in its last bits, and with it
+the prompts of notebook 01's explanations. ``XAI_TEST_LANES=N`` forces N lanes.
+
+Lanes take the next unit from one queue as they free up. The queue starts notebook 01 (its SAE feeds 02 and 03)
+beside the unit tests and the slow runs, which need nothing from it; then notebook 03 (the longest unit), then the
+rest longest first. The order is for speed only: a process that needs an SAE (or model, or GGUF) another is still
+building waits on its cache lock (``helpers.core.paths.cache_lock``) and then loads it.
 
 Each unit's whole output is printed when it ends (never interleaved) and kept in ``outputs/test-logs/<unit>.log``;
 a table of units, lanes, minutes and outcomes closes the run, and the exit status is 1 when any unit failed.
-``XAI_TEST_LANES=1`` runs the units one after another on all cores.
 """
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = ROOT / "outputs" / "test-logs"
 #: queue order (see the module doc)
-ORDER = ["01_sparse_autoencoders", "tests", "03_steering_refinement", "tests-slow", "02_reasoning_features",
+ORDER = ["01_sparse_autoencoders", "tests", "tests-slow", "03_steering_refinement", "02_reasoning_features",
          "04_scoring_skills", "00_inside_a_language_model", "05_sweeps"]
 #: nbval's own cell timeout (default 2,000 s) raised: notebook 03's generation cell took 1,131 s cold on two cores of
-#: an AVX2-only AMD EPYC, and a lane runs it on one (estimated ~1.5x: generation 1.35x, LoRA fits and forwards ~1.8x)
+#: an AVX2-only AMD EPYC, and over 1,800 s on one (XAI_TEST_LANES=2 there)
 NBVAL_ARGS = ["--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", "tests/nbval_sanitize.cfg",
               "--nbval-cell-timeout", "3600"]
 CLAIMS_TEST = "tests/notebooks/test_results.py::test_fresh_run_reproduces_the_claims"
@@ -91,14 +91,14 @@ def units(extra: list[str]) -> list[Unit]:
 
 
 def lanes(n: int | None = None) -> list[Lane]:
-    """``n`` lanes (default: ``XAI_TEST_LANES``, else 2 when this process may use 2+ cores, else 1), the usable
-    cores dealt out between them in turn."""
+    """``n`` lanes (default: ``XAI_TEST_LANES``, else ``cores // 2`` between 1 and 4), the usable cores dealt out
+    between them in turn."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     if n is None:
         env = os.environ.get("XAI_TEST_LANES", "")
         if env and not env.isdigit():
             raise ValueError(f"XAI_TEST_LANES must be a positive integer, got {env!r}.")
-        n = int(env) if env else min(2, len(cores))
+        n = int(env) if env else max(1, min(4, len(cores) // 2))
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of lanes must be a positive integer, got {n!r}.")
     n = min(n, len(cores))
@@ -169,7 +169,7 @@ def report(done: list[Unit], wall: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.lanes", description=__doc__.splitlines()[0])
-    ap.add_argument("--lanes", type=int, default=None, help="parallel pytest sessions (default: 2 on 2+ cores)")
+    ap.add_argument("--lanes", type=int, default=None, help="parallel pytest sessions (default: cores // 2, 1 to 4)")
     ap.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: passed to every pytest session")
     a = ap.parse_args(argv)
     extra = [x for x in a.pytest_args if x != "--"] if a.pytest_args[:1] == ["--"] else a.pytest_args
