@@ -56,23 +56,19 @@ def test_bad_records_fail_clearly(tmp_path):
         llm_record.seed(tmp_path / "missing.jsonl.gz", cache=tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="no LLM cache"):
         llm_record.record(tmp_path / "o.gz", cache=tmp_path / "nothing")
-    bad = tmp_path / "bad.jsonl.gz"
-    with gzip.open(bad, "wt") as g:
-        g.write(json.dumps({"format": "something else"}) + "\n")
-    with pytest.raises(ValueError, match="not an LLM record"):
-        llm_record.seed(bad, cache=tmp_path / "c")
-    short = tmp_path / "short.jsonl.gz"
-    with gzip.open(short, "wt") as g:
-        g.write(json.dumps({"format": llm_record.FORMAT, "n": 3}) + "\n")
-        g.write(json.dumps({"path": "ab/abc.json", "payload": {"value": 1}}) + "\n")
-    with pytest.raises(ValueError, match="truncated"):
-        llm_record.seed(short, cache=tmp_path / "c")
-    evil = tmp_path / "evil.jsonl.gz"
-    with gzip.open(evil, "wt") as g:
-        g.write(json.dumps({"format": llm_record.FORMAT, "n": 1}) + "\n")
-        g.write(json.dumps({"path": "../../etc.json", "payload": {"value": 1}}) + "\n")
-    with pytest.raises(ValueError, match="bad entry path"):
-        llm_record.seed(evil, cache=tmp_path / "c")
+    def write(name, *lines):
+        with gzip.open(tmp_path / name, "wt") as g:
+            g.writelines(json.dumps(x) + "\n" for x in lines)
+        return tmp_path / name
+
+    cases = [(write("bad.gz", {"format": "something else"}), "not an LLM record"),
+             (write("short.gz", {"format": llm_record.FORMAT, "n": 3}, {"path": "ab/abc.json", "payload": {"value": 1}}),
+              "truncated"),
+             (write("evil.gz", {"format": llm_record.FORMAT, "n": 1}, {"path": "../../etc.json", "payload": {"value": 1}}),
+              "bad entry path")]
+    for path, message in cases:
+        with pytest.raises(ValueError, match=message):
+            llm_record.seed(path, cache=tmp_path / "c")
     assert llm_record.main(["seed", str(tmp_path / "missing.jsonl.gz")]) == 2
 
 
